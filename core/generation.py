@@ -1,0 +1,137 @@
+"""Streaming generation: Python generators that yield one step at a time, with a per-request KV cache."""
+from __future__ import annotations
+
+import codecs
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .loading import LanguageModel
+from .models import KVCache
+from .sampling import SamplingConfig, draw_uniform, entropy, make_generator, probabilities, sample
+
+
+@dataclass(frozen=True)
+class Candidate:
+    token_id: int
+    text: str
+    prob: float       # under the filtered distribution that was sampled
+    raw_prob: float   # under the model's raw distribution (T=1, no filters)
+    logit: float
+
+
+@dataclass(frozen=True)
+class Step:
+    """One generated token and what the model thought about it."""
+
+    index: int                          # 0-based among generated tokens
+    token_id: int
+    text: str                           # this token's share of the decoded text (UTF-8 safe)
+    prob: float                         # probability under the filtered distribution it was drawn from
+    raw_prob: float                     # probability under the raw distribution
+    rank: int                           # 1-based rank under the raw logits
+    entropy: float                      # bits, filtered distribution
+    raw_entropy: float                  # bits, raw distribution
+    top_before: tuple[Candidate, ...]   # top-N by raw probability
+    top_after: tuple[Candidate, ...]    # top-N of the filtered distribution (probability > 0 only)
+    uniform: float                      # the shared random number of this step (unused when greedy)
+    prompt_tokens: int                  # prompt tokens the model actually read
+    truncated: int                      # prompt tokens dropped from the front to fit the context window
+    finished: str | None = None         # "eos" or "length" on the last step, else None
+
+    @property
+    def was_top_choice(self) -> bool:
+        return self.rank == 1
+
+
+def fit_context(ids: Sequence[int], max_new_tokens: int, context_length: int) -> tuple[list[int], int, int]:
+    """Keep the prompt's last tokens so prompt + new tokens fit the window: (ids, dropped, max_new)."""
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    max_new = min(max_new_tokens, context_length - 1)
+    keep = context_length - max_new
+    dropped = max(0, len(ids) - keep)
+    return list(ids[dropped:]), dropped, max_new
+
+
+def _candidates(lm: LanguageModel, logits: Tensor, raw_probs: Tensor, probs: Tensor, n: int
+                ) -> tuple[tuple[Candidate, ...], tuple[Candidate, ...]]:
+    def build(order: Tensor) -> tuple[Candidate, ...]:
+        return tuple(Candidate(int(i), lm.tokenizer.token_text(int(i)), float(probs[i]), float(raw_probs[i]),
+                               float(logits[i])) for i in order.tolist())
+
+    n = min(n, logits.shape[-1])
+    before = build(torch.topk(logits, n).indices)
+    top = torch.topk(probs, min(n, int((probs > 0).sum())))
+    return before, build(top.indices)
+
+
+def generate_many(lm: LanguageModel, prompt: str | Sequence[int], configs: Sequence[SamplingConfig],
+                  max_new_tokens: int = 40, *, seed: int | None = None, mode: str = "raw", top_n: int = 10,
+                  use_cache: bool = True, stop_at_eos: bool = True) -> Iterator[list[Step | None]]:
+    """Several sampling settings, one prompt, advancing together; yields one list per step.
+
+    Common random numbers: every column draws with the same uniform value at each step, so
+    differences come from the settings, not from luck. A finished column yields None.
+    seed defaults to configs[0].seed; one torch.Generator serves the whole request.
+    """
+    if not configs:
+        raise ValueError("configs must hold at least one SamplingConfig")
+    ids = lm.encode_prompt(prompt, mode) if isinstance(prompt, str) else list(prompt)
+    ids = lm.check_ids(ids)
+    ids, dropped, max_new = fit_context(ids, max_new_tokens, lm.context_length)
+    gen = make_generator(configs[0].seed if seed is None else seed)
+    b = len(configs)
+    decoders = [codecs.getincrementaldecoder("utf-8")(errors="replace") for _ in range(b)]
+    seqs = [list(ids) for _ in range(b)]
+    done = [False] * b
+    cache: KVCache | None = None
+    with torch.inference_mode():
+        if use_cache:
+            cache = lm.model.new_cache(1, len(ids) + max_new)
+            logits = lm.model(torch.tensor([ids]), cache, last_only=True)[:, -1].float()  # (1, V)
+            cache = cache.repeat_batch(b)
+            logits = logits.expand(b, -1)
+        for step in range(max_new):
+            if not use_cache:  # the tutorial's loop: re-read the whole sequence every token
+                logits = lm.model(torch.tensor(seqs), last_only=True)[:, -1].float()
+            u = draw_uniform(gen, 1).expand(b)  # drawn every step, so greedy columns never shift the others
+            raw_probs = torch.softmax(logits, dim=-1)
+            probs = torch.stack([probabilities(logits[i], c) for i, c in enumerate(configs)])
+            chosen = sample(probs, uniform=u)
+            raw_ent, ent = entropy(raw_probs), entropy(probs)
+            out: list[Step | None] = []
+            for i in range(b):
+                tok = int(chosen[i])
+                seqs[i].append(tok)  # finished columns too, so the batch stays rectangular
+                if done[i]:
+                    out.append(None)
+                    continue
+                finished = "eos" if (stop_at_eos and tok in lm.tokenizer.eos_ids) else (
+                    "length" if step == max_new - 1 else None)
+                done[i] = finished is not None
+                before, after = _candidates(lm, logits[i], raw_probs[i], probs[i], top_n)
+                out.append(Step(index=step, token_id=tok,
+                                text=decoders[i].decode(lm.tokenizer.token_bytes(tok), final=finished is not None),
+                                prob=float(probs[i, tok]), raw_prob=float(raw_probs[i, tok]),
+                                rank=int((logits[i] > logits[i, tok]).sum()) + 1,
+                                entropy=float(ent[i]), raw_entropy=float(raw_ent[i]),
+                                top_before=before, top_after=after, uniform=float(u[i]),
+                                prompt_tokens=len(ids), truncated=dropped, finished=finished))
+            yield out
+            if all(done):
+                return
+            if use_cache:
+                logits = lm.model(chosen.view(b, 1), cache, last_only=True)[:, -1].float()
+
+
+def generate(lm: LanguageModel, prompt: str | Sequence[int], config: SamplingConfig | None = None,
+             max_new_tokens: int = 40, **kwargs) -> Iterator[Step]:
+    """Stream one continuation: yields a `Step` per token until end-of-text or max_new_tokens.
+
+    Same seed and settings give the same text; temperature 0 is greedy for any seed.
+    """
+    for steps in generate_many(lm, prompt, [config or SamplingConfig()], max_new_tokens, **kwargs):
+        yield steps[0]  # a single column is never None before the generator ends

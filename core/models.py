@@ -1,0 +1,249 @@
+"""Stateless decoder models (GPT-2 and Llama) with a per-request KV cache.
+
+A loaded model is shared by every browser session, so it holds no per-request state: the
+`KVCache` is created by the caller for each request and passed into `forward`.
+"""
+from __future__ import annotations
+
+import functools
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .config import GPTConfig, LlamaConfig
+
+
+class KVCache:
+    """Preallocated keys/values for one request: (B, n_kv_heads, max_len, head_dim) per layer."""
+
+    def __init__(self, n_layers: int, batch: int, n_kv_heads: int, max_len: int, head_dim: int,
+                 dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> None:
+        shape = (batch, n_kv_heads, max_len, head_dim)
+        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
+        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
+        self.max_len = max_len
+        self.pos = 0  # tokens already stored
+
+    def repeat_batch(self, batch: int) -> "KVCache":
+        """Share one batch-1 prefill between several continuations (one copy per row)."""
+        if batch == 1:
+            return self
+        out = KVCache.__new__(KVCache)
+        out.k = [k.expand(batch, -1, -1, -1).clone() for k in self.k]
+        out.v = [v.expand(batch, -1, -1, -1).clone() for v in self.v]
+        out.max_len, out.pos = self.max_len, self.pos
+        return out
+
+    def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Store k, v (B, n_kv, T, hd) at the current position; return all keys/values so far."""
+        end = self.pos + k.shape[2]
+        if end > self.max_len:
+            raise ValueError(f"KV cache overflow: {end} tokens > max_len {self.max_len}")
+        self.k[layer][:, :, self.pos:end] = k
+        self.v[layer][:, :, self.pos:end] = v
+        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
+
+
+def _attend(q: Tensor, k: Tensor, v: Tensor, past: int, gqa: bool) -> Tensor:
+    """Causal attention of q (B, H, T, hd) over k, v (B, H_kv, past+T, hd)."""
+    t = q.shape[2]
+    if t == 1:  # one new token sees everything before it
+        return F.scaled_dot_product_attention(q, k, v, enable_gqa=gqa)
+    if past == 0:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
+    mask = torch.ones(t, past + t, dtype=torch.bool, device=q.device).tril(diagonal=past)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
+
+
+# ---------------------------------------------------------------- GPT-2
+
+class GPTAttention(nn.Module):
+    def __init__(self, cfg: GPTConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.qkv = nn.Linear(cfg.emb_dim, 3 * cfg.emb_dim, bias=cfg.qkv_bias)
+        self.out_proj = nn.Linear(cfg.emb_dim, cfg.emb_dim)
+
+    def forward(self, x: Tensor, layer: int, cache: KVCache | None) -> Tensor:
+        b, t, d = x.shape
+        h, hd = self.cfg.n_heads, self.cfg.head_dim
+        q, k, v = self.qkv(x).split(d, dim=2)
+        q, k, v = (z.view(b, t, h, hd).transpose(1, 2) for z in (q, k, v))  # (B, H, T, hd)
+        past = 0
+        if cache is not None:
+            past = cache.pos
+            k, v = cache.update(layer, k, v)
+        y = _attend(q, k, v, past, gqa=False)
+        return self.out_proj(y.transpose(1, 2).reshape(b, t, d))
+
+
+class GPTBlock(nn.Module):
+    def __init__(self, cfg: GPTConfig) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(cfg.emb_dim, eps=cfg.norm_eps)
+        self.att = GPTAttention(cfg)
+        self.norm2 = nn.LayerNorm(cfg.emb_dim, eps=cfg.norm_eps)
+        self.ff = nn.Sequential(nn.Linear(cfg.emb_dim, 4 * cfg.emb_dim), nn.GELU(approximate="tanh"),
+                                nn.Linear(4 * cfg.emb_dim, cfg.emb_dim))
+
+    def forward(self, x: Tensor, layer: int, cache: KVCache | None) -> Tensor:
+        x = x + self.att(self.norm1(x), layer, cache)
+        return x + self.ff(self.norm2(x))
+
+
+class GPTModel(nn.Module):
+    """GPT-2 as in the book (pre-norm blocks, learned positions, GELU MLP), with a fused qkv."""
+
+    def __init__(self, cfg: GPTConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.emb_dim)
+        self.pos_emb = nn.Embedding(cfg.context_length, cfg.emb_dim)
+        self.blocks = nn.ModuleList(GPTBlock(cfg) for _ in range(cfg.n_layers))
+        self.final_norm = nn.LayerNorm(cfg.emb_dim, eps=cfg.norm_eps)
+        self.out_head = nn.Linear(cfg.emb_dim, cfg.vocab_size, bias=False)
+        if cfg.tied_head:
+            self.out_head.weight = self.tok_emb.weight
+
+    def new_cache(self, batch: int, max_len: int) -> KVCache:
+        c = self.cfg
+        return KVCache(c.n_layers, batch, c.n_heads, max_len, c.head_dim,
+                       dtype=self.tok_emb.weight.dtype, device=self.tok_emb.weight.device)
+
+    def forward(self, idx: Tensor, cache: KVCache | None = None, last_only: bool = False) -> Tensor:
+        """idx (B, T) -> logits (B, T, V), or (B, 1, V) with last_only."""
+        b, t = idx.shape
+        start = cache.pos if cache is not None else 0
+        if start + t > self.cfg.context_length:
+            raise ValueError(f"sequence of {start + t} tokens exceeds the context length {self.cfg.context_length}")
+        pos = torch.arange(start, start + t, device=idx.device)
+        x = self.tok_emb(idx) + self.pos_emb(pos)  # (B, T, D)
+        for i, block in enumerate(self.blocks):
+            x = block(x, i, cache)
+        if cache is not None:
+            cache.pos += t
+        if last_only:
+            x = x[:, -1:]  # the LM head is the costliest matmul: skip positions nobody reads
+        return self.out_head(self.final_norm(x))
+
+
+# ---------------------------------------------------------------- Llama
+
+@functools.lru_cache(maxsize=8)
+def rope_tables(head_dim: int, base: float, length: int, device: str = "cpu") -> tuple[Tensor, Tensor]:
+    """cos/sin tables (length, head_dim) for "rotate half" RoPE; cached and never mutated."""
+    # float32 throughout, as Hugging Face computes it, so logits match transformers exactly
+    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
+    angles = torch.outer(torch.arange(length, dtype=torch.int64).float(), inv_freq)  # (L, hd/2)
+    angles = torch.cat([angles, angles], dim=-1)  # (L, hd)
+    return angles.cos().to(device), angles.sin().to(device)
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """x (B, H, T, hd); cos/sin (T, hd)."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * cos.to(x.dtype) + rotated * sin.to(x.dtype)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * xf.to(x.dtype)
+
+
+class LlamaAttention(nn.Module):
+    def __init__(self, cfg: LlamaConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        hd = cfg.head_dim
+        self.q_proj = nn.Linear(cfg.emb_dim, cfg.n_heads * hd, bias=False)
+        self.k_proj = nn.Linear(cfg.emb_dim, cfg.n_kv_heads * hd, bias=False)
+        self.v_proj = nn.Linear(cfg.emb_dim, cfg.n_kv_heads * hd, bias=False)
+        self.o_proj = nn.Linear(cfg.n_heads * hd, cfg.emb_dim, bias=False)
+
+    def forward(self, x: Tensor, layer: int, cache: KVCache | None, cos: Tensor, sin: Tensor) -> Tensor:
+        b, t, _ = x.shape
+        c = self.cfg
+        q = self.q_proj(x).view(b, t, c.n_heads, c.head_dim).transpose(1, 2)      # (B, H, T, hd)
+        k = self.k_proj(x).view(b, t, c.n_kv_heads, c.head_dim).transpose(1, 2)   # (B, H_kv, T, hd)
+        v = self.v_proj(x).view(b, t, c.n_kv_heads, c.head_dim).transpose(1, 2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        past = 0
+        if cache is not None:
+            past = cache.pos
+            k, v = cache.update(layer, k, v)
+        y = _attend(q, k, v, past, gqa=c.n_heads != c.n_kv_heads)
+        return self.o_proj(y.transpose(1, 2).reshape(b, t, c.n_heads * c.head_dim))
+
+
+class LlamaMLP(nn.Module):
+    def __init__(self, cfg: LlamaConfig) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(cfg.emb_dim, cfg.hidden_dim, bias=False)
+        self.up_proj = nn.Linear(cfg.emb_dim, cfg.hidden_dim, bias=False)
+        self.down_proj = nn.Linear(cfg.hidden_dim, cfg.emb_dim, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class LlamaBlock(nn.Module):
+    def __init__(self, cfg: LlamaConfig) -> None:
+        super().__init__()
+        self.attn_norm = RMSNorm(cfg.emb_dim, cfg.norm_eps)
+        self.attn = LlamaAttention(cfg)
+        self.ffn_norm = RMSNorm(cfg.emb_dim, cfg.norm_eps)
+        self.mlp = LlamaMLP(cfg)
+
+    def forward(self, x: Tensor, layer: int, cache: KVCache | None, cos: Tensor, sin: Tensor) -> Tensor:
+        x = x + self.attn(self.attn_norm(x), layer, cache, cos, sin)
+        return x + self.mlp(self.ffn_norm(x))
+
+
+class LlamaModel(nn.Module):
+    def __init__(self, cfg: LlamaConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.emb_dim)
+        self.blocks = nn.ModuleList(LlamaBlock(cfg) for _ in range(cfg.n_layers))
+        self.final_norm = RMSNorm(cfg.emb_dim, cfg.norm_eps)
+        self.out_head = nn.Linear(cfg.emb_dim, cfg.vocab_size, bias=False)
+        if cfg.tied_head:
+            self.out_head.weight = self.tok_emb.weight
+
+    def new_cache(self, batch: int, max_len: int) -> KVCache:
+        c = self.cfg
+        return KVCache(c.n_layers, batch, c.n_kv_heads, max_len, c.head_dim,
+                       dtype=self.tok_emb.weight.dtype, device=self.tok_emb.weight.device)
+
+    def forward(self, idx: Tensor, cache: KVCache | None = None, last_only: bool = False) -> Tensor:
+        """idx (B, T) -> logits (B, T, V), or (B, 1, V) with last_only."""
+        b, t = idx.shape
+        start = cache.pos if cache is not None else 0
+        if start + t > self.cfg.context_length:
+            raise ValueError(f"sequence of {start + t} tokens exceeds the context length {self.cfg.context_length}")
+        cos, sin = rope_tables(self.cfg.head_dim, self.cfg.rope_base, self.cfg.context_length, str(idx.device))
+        cos, sin = cos[start:start + t], sin[start:start + t]
+        x = self.tok_emb(idx)  # (B, T, D)
+        for i, block in enumerate(self.blocks):
+            x = block(x, i, cache, cos, sin)
+        if cache is not None:
+            cache.pos += t
+        if last_only:
+            x = x[:, -1:]
+        return self.out_head(self.final_norm(x))
+
+
+DecoderModel = GPTModel | LlamaModel
+
+
+def build_model(cfg: GPTConfig | LlamaConfig) -> DecoderModel:
+    return GPTModel(cfg) if isinstance(cfg, GPTConfig) else LlamaModel(cfg)

@@ -1,0 +1,4 @@
+import streamlit as st
+
+st.title("lesson")
+st.write("Coming soon.")

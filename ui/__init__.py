@@ -1,0 +1,1 @@
+"""Streamlit layer: the cache bridge, the shared sidebar and small display helpers."""

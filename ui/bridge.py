@@ -1,0 +1,57 @@
+"""The one module that owns Streamlit caching: models (cache_resource) and logits (cache_data).
+
+Keys are plain values (a model source string, a tuple of token ids), as in spacy-streamlit's util.
+A cached model is shared by every session, which is safe because `core` models hold no state.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import streamlit as st
+
+import core
+
+UPLOAD_DIR = Path(tempfile.gettempdir()) / "sampling-lab-uploads"
+
+
+@st.cache_resource(show_spinner=False, max_entries=3)
+def get_model(source: str, _progress: Callable[[int, int | None], None] | None = None) -> core.LanguageModel:
+    """Load once per process; `_progress` (not part of the key) reports download bytes."""
+    return core.load_model(source, progress=_progress)
+
+
+@st.cache_data(show_spinner=False, max_entries=512)
+def next_token_logits(source: str, ids: tuple[int, ...]) -> np.ndarray:
+    """Raw logits for the token after ids: depends on model + prompt only, never on a slider."""
+    return get_model(source).next_token_logits(list(ids)).numpy()
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def encode_prompt(source: str, text: str, mode: str) -> tuple[int, ...]:
+    return tuple(get_model(source).encode_prompt(text, mode))
+
+
+def save_upload(name: str, data: bytes) -> str:
+    """Store an uploaded checkpoint under its content hash; return the path to load it from."""
+    suffix = Path(name).suffix.lower()
+    if suffix not in (".pth", ".pt", ".safetensors"):
+        raise core.WeightsError(f"{name}: only .pth, .pt and .safetensors files can be uploaded")
+    UPLOAD_DIR.mkdir(parents=True, exist_ok=True)
+    path = UPLOAD_DIR / f"{hashlib.sha256(data).hexdigest()[:24]}{suffix}"
+    if not path.exists():
+        tmp = path.with_suffix(suffix + ".tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    return str(path)
+
+
+def clear_caches() -> None:
+    """For tests: forget cached models and logits."""
+    get_model.clear()
+    next_token_logits.clear()
+    encode_prompt.clear()

@@ -1,0 +1,35 @@
+"""Readable, safe display of untrusted token text (no Streamlit import: pure string helpers)."""
+from __future__ import annotations
+
+import html
+
+_VISIBLE = {"\n": "↵", "\r": "⏎", "\t": "⇥"}
+
+
+def show_token(text: str) -> str:
+    """A token as a readable label: "␣" marks a leading space, "↵" a newline, control chars as \\xNN.
+
+    The result is plain text; escape it before it goes into HTML.
+    """
+    out = []
+    for i, ch in enumerate(text):
+        if ch == " " and (i == 0 or text[:i].strip(" ") == ""):
+            out.append("␣")
+        elif ch in _VISIBLE:
+            out.append(_VISIBLE[ch])
+        elif ord(ch) < 32 or ord(ch) == 127:
+            out.append(f"\\x{ord(ch):02x}")
+        else:
+            out.append(ch)
+    return "".join(out) or "∅"
+
+
+def escape_html(text: str) -> str:
+    """Escape for HTML text and attributes (quotes included)."""
+    return html.escape(text, quote=True)
+
+
+def plain_text_for_markdown(text: str) -> str:
+    """Text that Streamlit's Markdown renders literally: no links, images, HTML or emphasis."""
+    specials = "\\`*_{}[]()#+-.!|<>~$&:"
+    return "".join("\\" + ch if ch in specials else ch for ch in text)
