@@ -47,7 +47,7 @@ def load_checked(cfg: GPTConfig | LlamaConfig, state: Mapping[str, Tensor], sour
             raise WeightsError(f"{source}: {key!r} has shape {tuple(t.shape)}, expected {tuple(shape)}")
         if not t.is_floating_point():
             raise WeightsError(f"{source}: {key!r} has dtype {t.dtype}, expected a floating-point tensor")
-        t = t.float()
+        t = t.float().contiguous()  # transposed Conv1D views would run slower, different kernels
         if not torch.isfinite(t).all():
             raise WeightsError(f"{source}: {key!r} contains NaN or infinite values")
         clean[key] = t

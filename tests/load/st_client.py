@@ -343,6 +343,7 @@ class StreamlitSession:
         self._key_to_id: dict[str, str] = {}  # user key -> widget id (last run)
         self._label_to_ids: dict[str, list[str]] = {}
         self._broken: str | None = None
+        self._closed = False
 
         u = urllib.parse.urlsplit(self.base_url)
         scheme = "wss" if u.scheme == "https" else "ws"
@@ -367,12 +368,22 @@ class StreamlitSession:
         self.close()
 
     def close(self) -> None:
-        """Close the websocket (the server then ends the session)."""
+        """Close the websocket (the server then ends the session).  Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        # Only the reader thread reads: send our close frame and let it see the
+        # server's reply, then drop the socket.
         try:
-            self._ws.close()
-        except Exception:  # noqa: BLE001
+            self._ws.send_close()
+        except Exception:  # noqa: BLE001 - already closed
             pass
         self._reader.join(timeout=5)
+        try:
+            self._ws.shutdown()
+        except Exception:  # noqa: BLE001
+            pass
+        self._reader.join(timeout=1)
 
     # -- public API -------------------------------------------------------
     @property
@@ -400,7 +411,13 @@ class StreamlitSession:
     def switch_page(
         self, page: str, widgets: dict[str, Any] | None = None, timeout: float | None = None
     ) -> RunResult:
-        """Navigate to another ``st.navigation`` page (by URL path; "" = default)."""
+        """Navigate to another ``st.navigation`` page (by URL path; "" = default).
+
+        Like clicking a nav link: the current widget state is sent along (so
+        widgets shared by all pages keep their values) and the page is chosen
+        by its ``page_script_hash`` when known, else by ``page_name``.
+        ``widgets`` can only name widgets rendered by the previous run.
+        """
         self.page = page.strip("/")
         self._page_hash = self.pages.get(self.page, "")
         return self._rerun(widgets or {}, timeout)
