@@ -1,0 +1,175 @@
+"""The Generate page in AppTest with the tiny random GPT-2: streaming result, seeds, stop, export/import."""
+from __future__ import annotations
+
+import json
+import re
+import types
+from pathlib import Path
+
+import pytest
+import streamlit as st
+import streamlit.runtime.scriptrunner.script_runner as script_runner
+from streamlit.testing.v1 import AppTest
+
+import ui.controls
+from ui import bridge
+from ui import generate_view as gv
+
+APP = str(Path(__file__).resolve().parent.parent / "app.py")
+PAGE = "pages/generate.py"
+
+
+@pytest.fixture
+def at(monkeypatch: pytest.MonkeyPatch) -> AppTest:
+    """A fresh app on the Generate page, sidebar on the tiny model, max 6 new tokens."""
+    monkeypatch.setenv("SAMPLING_LAB_TEST_MODEL", "gpt2-tiny")
+    monkeypatch.setattr(ui.controls, "TEST_MODEL", "gpt2-tiny")   # the module may be imported already
+    # AppTest resets PagesManager.uses_pages_directory before every run, and with a folder named pages/
+    # it then runs a switched-to page on its own (Streamlit's v1 multipage mode), skipping app.py and
+    # its sidebar. Report this check as "no pages directory" so app.py's st.navigation is used.
+    monkeypatch.setattr(script_runner, "PagesManager", types.SimpleNamespace(uses_pages_directory=False))
+    bridge.clear_caches()
+    st.cache_data.clear()
+    app = AppTest.from_file(APP, default_timeout=120)
+    app.switch_page(PAGE).run()
+    assert not app.exception, app.exception
+    assert app.selectbox(key="model_label").value == "Test model (gpt2-tiny)"
+    app.number_input(key="gen_max_tokens").set_value(6).run()
+    return app
+
+
+def _generate(at: AppTest, key: str = "gen_generate") -> gv.Run:
+    at.button(key=key).click().run()
+    assert not at.exception, at.exception
+    assert not at.error, [e.value for e in at.error]
+    return at.session_state["gen_run"]
+
+
+def _tokens_html(at: AppTest) -> str:
+    bodies = [h.proto.body for h in at.get("html") if 'class="sl-gen"' in h.proto.body]
+    assert len(bodies) == 1
+    return bodies[0]
+
+
+def test_generate_shows_tokens_chart_inspector_and_download(at: AppTest) -> None:
+    assert "Press **Generate**" in at.info[0].value
+    run = _generate(at)
+    assert run.status == "done" and len(run.steps) == 6 and run.text
+    assert [s.value for s in at.success] == ["Finished: reached the limit of 6 tokens."]
+    # Buttons are idle again after the run: Generate enabled, Stop disabled.
+    assert not at.button(key="gen_generate").disabled and at.button(key="gen_stop").disabled
+    html = _tokens_html(at)
+    assert html.count('class="sl-tok"') == 6
+    assert gv.escape_html(gv.token_display(run.steps[0].text)) in html
+    assert len(re.findall(r'title="#\d', html)) == 6
+    spec = json.loads(at.get("plotly_chart")[0].proto.spec)
+    assert spec["data"][0]["x"] == [1, 2, 3, 4, 5, 6]
+    assert spec["data"][0]["y"] == pytest.approx([s.prob for s in run.steps])
+    assert any("entropy" in t["name"] for t in spec["data"])
+    inspect = at.selectbox(key="gen_inspect_1")
+    assert len(inspect.options) == 6 and inspect.options[0].startswith("#1 ")
+    inspect.set_value(3).run()
+    before = at.dataframe[0].value
+    assert (before["chosen"] == "✓").sum() == 1
+    assert before.loc[before["chosen"] == "✓", "token"].iloc[0] == gv.show_token(run.steps[3].text)
+    download = at.get("download_button")[0].proto
+    assert download.label == "Download this run (JSON)"
+    summary = [t.value for t in at.text]
+    assert any("seed 123" in t and "gpt2-tiny" in t for t in summary)
+
+
+def test_same_seed_same_text_other_seed_other_text(at: AppTest) -> None:
+    first = _generate(at).text
+    again = _generate(at).text
+    assert first == again
+    at.number_input(key="seed").set_value(124).run()
+    other = _generate(at)
+    assert other.sampling.seed == 124
+    assert other.text != first        # T=1 over 50,257 near-uniform tokens: a collision is vanishingly rare
+    assert any("seed 124" in t.value for t in at.text)
+
+
+def test_new_seed_button_changes_the_sidebar_seed(at: AppTest) -> None:
+    run = _generate(at, "gen_reroll")
+    seed = at.number_input(key="seed").value
+    assert run.sampling.seed == seed and len(run.steps) == 6
+
+
+def test_changed_settings_keep_the_run_and_say_so(at: AppTest) -> None:
+    run = _generate(at)
+    at.slider(key="temperature").set_value(0.5).run()
+    assert at.session_state["gen_run"] == run                   # no new generation on a slider move
+    assert any("settings have changed since this run (temperature)" in c.value for c in at.caption)
+
+
+def test_chat_mode_on_a_model_without_a_template_runs_raw(at: AppTest) -> None:
+    at.radio(key="prompt_mode").set_value("chat").run()
+    run = _generate(at)
+    assert run.prompt_mode == "raw" and len(run.steps) == 6
+    assert not any("settings have changed" in c.value for c in at.caption)
+    assert any("has no chat template" in c.value for c in at.caption)
+
+
+def test_interrupted_run_keeps_tokens_with_a_stopped_note(at: AppTest) -> None:
+    run = _generate(at)
+    partial = gv.Run(**{**run.__dict__, "steps": run.steps[:3]}).with_status("running")
+    # A Stop click reruns the script mid-generation: what it leaves behind is a "running" run.
+    at.session_state["gen_run"] = partial
+    at.session_state["gen_stop_clicked"] = True
+    at.run()
+    assert not at.exception
+    assert at.warning[0].value.startswith("Stopped after 3 tokens")
+    assert _tokens_html(at).count('class="sl-tok"') == 3
+    assert at.session_state["gen_run"].status == "stopped"
+    at.session_state["gen_run"] = partial                       # any other rerun: "interrupted"
+    at.run()
+    assert at.warning[0].value.startswith("Interrupted after 3 tokens")
+
+
+def test_export_then_replay_without_the_model(at: AppTest, monkeypatch: pytest.MonkeyPatch) -> None:
+    run = _generate(at)
+    html, spec = _tokens_html(at), json.loads(at.get("plotly_chart")[0].proto.spec)["data"]
+    exported = gv.run_to_json(run).encode("utf-8")
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("replay must not load a model")
+
+    monkeypatch.setattr(bridge, "get_model", no_model)
+    fresh = AppTest.from_file(APP, default_timeout=120)
+    fresh.switch_page(PAGE).run()
+    fresh.file_uploader(key="gen_upload").upload("my-run.json", exported, "application/json").run()
+    assert not fresh.exception and not fresh.error
+    assert fresh.session_state["gen_run"] == run
+    assert _tokens_html(fresh) == html
+    assert json.loads(fresh.get("plotly_chart")[0].proto.spec)["data"] == spec
+    assert any(t.value.startswith("Replayed from my-run.json") for t in fresh.text)
+
+
+@pytest.mark.parametrize("data, message", [
+    (b"{not json", r"not valid JSON"),
+    (b'{"format": "sampling-lab-run", "version": 1, "steps": []}', r"missing field 'settings'"),
+    (b"\x89PNG\r\n", r"not UTF\-8"),
+])
+def test_malformed_upload_shows_an_error_not_an_exception(at: AppTest, data: bytes, message: str) -> None:
+    at.file_uploader(key="gen_upload").upload("bad.json", data, "application/json").run()
+    assert not at.exception
+    assert len(at.error) == 1 and message in at.error[0].value and r"bad\.json" in at.error[0].value
+    assert "gen_run" not in at.session_state or at.session_state["gen_run"] is None
+
+
+def test_error_about_a_hostile_file_is_not_markdown(at: AppTest) -> None:
+    doc = b'{"format": "sampling-lab-run", "version": 1, "settings": {"temperature": "![x](http://127.0.0.1:9/l)"}}'
+    at.file_uploader(key="gen_upload").upload("![y](http://127.0.0.1:9/n).json", doc, "application/json").run()
+    assert not at.exception and len(at.error) == 1
+    message = at.error[0].value
+    assert r"settings\.temperature must be a finite number \>= 0" in message
+    assert "![" not in message and "](" not in message             # no image or link syntax survives
+    assert r"\!\[x\]\(http\://127\.0\.0\.1\:9/l\)" in message
+
+
+def test_hostile_prompt_is_escaped(at: AppTest) -> None:
+    at.text_area(key="prompt").set_value('<script>alert(1)</script> ![x](http://127.0.0.1:9/leak) "q"').run()
+    _generate(at)
+    html = _tokens_html(at)
+    assert "<script" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert "<img" not in html

@@ -1,0 +1,475 @@
+"""The Generate page's logic: a run record, its coloured-token HTML, chart, tables and JSON file format.
+
+No Streamlit import: everything here is a pure function, unit-tested without a browser. Model text is
+untrusted, so every token and prompt goes through `escape_html` before it enters HTML.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.colors import sample_colorscale
+from plotly.subplots import make_subplots
+
+import core
+from core import Candidate, SamplingConfig, Step
+from ui.format import escape_html, show_token
+
+RUN_FORMAT = "sampling-lab-run"
+RUN_VERSION = 1
+MAX_FILE_BYTES = 20_000_000     # a 2,000-token run with top-10 lists is about 2 MB
+MAX_STEPS = 20_000
+MAX_CANDIDATES = 1_000
+TOP_N = 10                      # alternatives recorded per step
+STATUSES = ("running", "done", "stopped", "interrupted")
+COLOUR_BY = {"sampled": "probability after filters (what the sampler drew from)",
+             "raw": "the model's raw probability (T = 1, no filters)"}
+
+# Non-colour cue: each probability band has its own underline style (lower bound, name, CSS style).
+BANDS: tuple[tuple[float, str, str], ...] = (
+    (0.5, "likely (≥ 50%)", "solid"),
+    (0.1, "plausible (10–50%)", "dashed"),
+    (0.01, "unlikely (1–10%)", "dotted"),
+    (0.0, "surprising (< 1%)", "wavy"),
+)
+LOG_FLOOR = 1e-4                # the colour scale is logarithmic from 0.01% to 100%
+COLOURSCALE = "Viridis"         # perceptually uniform and colour-blind safe
+PROB_COLOUR, ENTROPY_COLOUR = "#0072B2", "#D55E00"  # Okabe-Ito blue / vermillion
+
+
+@dataclass(frozen=True)
+class Run:
+    """One generation: what was asked, with which settings, and every step the model took."""
+
+    model: str                      # the model's name, e.g. "SmolLM2-135M-Instruct"
+    model_label: str                # the sidebar's label for it
+    prompt: str
+    prompt_mode: str                # "raw" or "chat" (the mode actually used)
+    sampling: SamplingConfig        # seed included
+    max_new_tokens: int
+    steps: tuple[Step, ...] = ()
+    status: str = "running"         # "running", "done", "stopped" (Stop button), "interrupted" (other rerun)
+
+    @property
+    def text(self) -> str:
+        return "".join(s.text for s in self.steps)
+
+    @property
+    def finished(self) -> str | None:
+        """"eos" or "length" when the model finished, else None."""
+        return self.steps[-1].finished if self.steps else None
+
+    def add(self, step: Step) -> Run:
+        return dataclasses.replace(self, steps=(*self.steps, step))
+
+    def with_status(self, status: str) -> Run:
+        return dataclasses.replace(self, status=status)
+
+
+# --- numbers and colours -----------------------------------------------------------------------
+
+def fmt_prob(p: float) -> str:
+    """A probability as a short percentage: "31.0%", "2.41%", "0.003%", "<0.001%"."""
+    pct = p * 100
+    if p <= 0:
+        return "0%"
+    if pct >= 10:
+        return f"{pct:.1f}%"
+    if pct >= 1:
+        return f"{pct:.2f}%"
+    if pct >= 0.001:
+        return f"{pct:.3g}%"
+    return "<0.001%"
+
+
+def band_of(p: float) -> int:
+    """Index into BANDS for a probability."""
+    return next(i for i, (low, _, _) in enumerate(BANDS) if p >= low)
+
+
+def scale_position(p: float) -> float:
+    """Where p sits on the log colour scale, 0 (≤ 0.01%) to 1 (100%)."""
+    if p <= LOG_FLOOR:
+        return 0.0
+    return min(1.0, (math.log10(p) - math.log10(LOG_FLOOR)) / -math.log10(LOG_FLOOR))
+
+
+def _text_colour(rgb: str) -> str:
+    r, g, b = (float(v) for v in rgb[4:-1].split(","))
+    # Relative luminance decides the readable text colour (WCAG weights, gamma ignored).
+    return "#000" if 0.2126 * r + 0.7152 * g + 0.0722 * b > 110 else "#fff"
+
+
+# 256 shades sampled once: sample_colorscale costs ~2.5 ms a call, too slow per token while streaming.
+_PALETTE = [(bg, _text_colour(bg)) for bg in sample_colorscale(COLOURSCALE, [i / 255 for i in range(256)])]
+
+
+def colours_of(p: float) -> tuple[str, str]:
+    """(background, text) CSS colours for a probability: viridis background, black or white text."""
+    return _PALETTE[round(scale_position(p) * 255)]
+
+
+def step_prob(step: Step, colour_by: str) -> float:
+    return step.raw_prob if colour_by == "raw" else step.prob
+
+
+# --- HTML ----------------------------------------------------------------------------------------
+
+_STYLE = """<style>
+.sl-gen{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:1rem;line-height:2.1;
+ white-space:pre-wrap;word-break:break-word;padding:.75rem 1rem;border:1px solid rgba(128,128,128,.35);
+ border-radius:.5rem}
+.sl-prompt{opacity:.6}
+.sl-tok{border-radius:.2rem;padding:.1rem 0;text-decoration-line:underline;text-decoration-thickness:2px;
+ text-underline-offset:4px;cursor:help}
+.sl-tok:hover{outline:2px solid #e69f00;outline-offset:1px}
+.sl-cursor{opacity:.6}
+.sl-progress{font-size:.85rem;opacity:.75;margin-bottom:.4rem}
+.sl-legend{display:flex;flex-wrap:wrap;gap:.4rem 1.2rem;align-items:center;font-size:.85rem;margin:.25rem 0 .5rem}
+.sl-bar{display:inline-block;width:12rem;height:.8rem;border-radius:.2rem;vertical-align:middle}
+.sl-ticks{display:inline-flex;justify-content:space-between;width:12rem;font-size:.7rem;opacity:.8}
+.sl-band{text-decoration-line:underline;text-decoration-thickness:2px;text-underline-offset:4px}
+</style>"""
+
+
+def token_display(text: str) -> str:
+    """Inline display text of a token: spaces stay spaces, newlines show ↵ then break, controls as \\xNN.
+
+    An empty piece (the first bytes of a multi-byte character) shows as "∅" so every step has a span.
+    """
+    if text == "":
+        return "∅"
+    out = []
+    for ch in text:
+        if ch == "\n":
+            out.append("↵\n")
+        elif ch == "\t":
+            out.append(ch)
+        elif ord(ch) < 32 or ord(ch) == 127:
+            out.append(f"\\x{ord(ch):02x}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def step_title(step: Step, colour_by: str = "sampled", n_alternatives: int = 5) -> str:
+    """The plain-text tooltip of a token: its probabilities and the top alternatives (escape before use)."""
+    lines = [f"#{step.index + 1} {show_token(step.text)}  {fmt_prob(step.prob)} after filters, "
+             f"{fmt_prob(step.raw_prob)} raw (rank {step.rank:,})",
+             f"band: {BANDS[band_of(step_prob(step, colour_by))][1]}",
+             "Top alternatives (after filters · raw):"]
+    for c in step.top_after[:n_alternatives]:
+        mark = " ← chosen" if c.token_id == step.token_id else ""
+        lines.append(f"  {show_token(c.text)}  {fmt_prob(c.prob)} · {fmt_prob(c.raw_prob)}{mark}")
+    return "\n".join(lines)
+
+
+def token_span(step: Step, colour_by: str = "sampled") -> str:
+    p = step_prob(step, colour_by)
+    bg, fg = colours_of(p)
+    style = BANDS[band_of(p)][2]
+    return (f'<span class="sl-tok" data-step="{step.index + 1}" '
+            f'style="background:{bg};color:{fg};text-decoration-style:{style};text-decoration-color:{fg}" '
+            f'title="{escape_html(step_title(step, colour_by))}">{escape_html(token_display(step.text))}</span>')
+
+
+def prompt_html(prompt: str, mode: str) -> str:
+    if mode == "chat":
+        return (f'<span class="sl-prompt">User: {escape_html(prompt)}\nAssistant: </span>')
+    return f'<span class="sl-prompt">{escape_html(prompt)}</span>'
+
+
+def tokens_html(run: Run, colour_by: str = "sampled", streaming: bool = False) -> str:
+    """The prompt (dimmed) plus every generated token as a coloured, underlined span with a tooltip."""
+    spans = "".join(token_span(s, colour_by) for s in run.steps)
+    cursor = '<span class="sl-cursor">▍</span>' if streaming else ""
+    box = f'<div class="sl-gen">{prompt_html(run.prompt, run.prompt_mode)}{spans}{cursor}</div>'
+    if streaming:
+        box = (f'<div class="sl-progress">Generating… {len(run.steps)} of at most {run.max_new_tokens} tokens '
+               f'(press Stop to keep what is there)</div>{box}')
+    return _STYLE + box
+
+
+def legend_html(colour_by: str = "sampled") -> str:
+    """Colour bar (log scale) and the underline style of each band."""
+    stops = sample_colorscale(COLOURSCALE, [i / 10 for i in range(11)])
+    bar = f'<span class="sl-bar" style="background:linear-gradient(to right,{",".join(stops)})"></span>'
+    ticks = "".join(f"<span>{t}</span>" for t in ("0.01%", "0.1%", "1%", "10%", "100%"))
+    bands = []
+    for low, name, style in BANDS:
+        bg, fg = colours_of(max(low, LOG_FLOOR) if low else 0.003)
+        bands.append(f'<span class="sl-band" style="background:{bg};color:{fg};text-decoration-style:{style};'
+                     f'text-decoration-color:{fg};padding:0 .3rem;border-radius:.2rem">{escape_html(name)}</span>')
+    return (f'{_STYLE}<div class="sl-legend"><span>Colour = {escape_html(COLOUR_BY[colour_by])}</span>'
+            f'<span style="display:inline-flex;flex-direction:column">{bar}<span class="sl-ticks">{ticks}</span></span>'
+            f'</div><div class="sl-legend"><span>Underline = probability band:</span>{"".join(bands)}</div>')
+
+
+# --- summary, chart, tables ----------------------------------------------------------------------
+
+def settings_label(cfg: SamplingConfig) -> str:
+    t = "temperature 0 (greedy)" if cfg.greedy else f"temperature {cfg.temperature:g}"
+    k = f"top-k {cfg.top_k}" if cfg.top_k else "top-k off"
+    p = f"top-p {cfg.top_p:g}" if cfg.top_p < 1 else "top-p off"
+    m = f"min-p {cfg.min_p:g}" if cfg.min_p > 0 else "min-p off"
+    return f"{t} · {k} · {p} · {m} · seed {cfg.seed}"
+
+
+def status_note(run: Run) -> tuple[str, str]:
+    """(kind, message) describing how the run ended; kind is "info", "warning" or "success"."""
+    n = len(run.steps)
+    tokens = f"{n} token{'s' if n != 1 else ''}"
+    if run.status == "stopped":
+        return "warning", f"Stopped after {tokens}: everything generated so far is kept below."
+    if run.status == "interrupted":
+        return "warning", (f"Interrupted after {tokens} (a setting or page changed while generating); "
+                           "the tokens so far are kept below. Press Generate to run again.")
+    if run.status == "running":
+        return "info", f"Generating… {tokens} so far."
+    if run.finished == "eos":
+        return "success", f"Finished: the model ended its text after {tokens}."
+    return "success", f"Finished: reached the limit of {tokens}."
+
+
+def settings_changes(run: Run, model_label: str, prompt: str, mode: str, cfg: SamplingConfig,
+                     max_new_tokens: int, asked_mode: str | None = None) -> list[str]:
+    """What differs between a run and the sidebar now, in words (empty when Generate would redo it).
+
+    asked_mode is the sidebar's mode when the run was made; it differs from run.prompt_mode when
+    "chat" was asked of a model without a chat template.
+    """
+    changes = []
+    if model_label != run.model_label:
+        changes.append("model")
+    if prompt != run.prompt:
+        changes.append("prompt")
+    if mode != (asked_mode or run.prompt_mode):
+        changes.append("prompt mode")
+    for field, name in (("temperature", "temperature"), ("top_k", "top-k"), ("top_p", "top-p"),
+                        ("min_p", "min-p"), ("seed", "seed")):
+        if getattr(cfg, field) != getattr(run.sampling, field):
+            changes.append(name)
+    if max_new_tokens != run.max_new_tokens:
+        changes.append("max new tokens")
+    return changes
+
+
+def chart_figure(steps: Sequence[Step]) -> go.Figure:
+    """Per step: the chosen token's probability (after filters and raw) and the entropy in bits."""
+    x = [s.index + 1 for s in steps]
+    # Plotly hover text understands a little HTML, so token labels are escaped.
+    labels = [escape_html(show_token(s.text)) for s in steps]
+    fig = make_subplots(specs=[[{"secondary_y": True}]])
+    fig.add_trace(go.Scatter(x=x, y=[s.prob for s in steps], name="chosen token: probability after filters",
+                             mode="lines+markers", line={"color": PROB_COLOUR}, customdata=labels,
+                             hovertemplate="#%{x} %{customdata}: %{y:.1%} after filters<extra></extra>"))
+    fig.add_trace(go.Scatter(x=x, y=[s.raw_prob for s in steps], name="chosen token: raw probability",
+                             mode="lines+markers", line={"color": PROB_COLOUR, "dash": "dot"},
+                             marker={"symbol": "circle-open"}, customdata=labels,
+                             hovertemplate="#%{x} %{customdata}: %{y:.1%} raw<extra></extra>"))
+    fig.add_trace(go.Scatter(x=x, y=[s.entropy for s in steps], name="entropy after filters (bits)",
+                             mode="lines", line={"color": ENTROPY_COLOUR},
+                             hovertemplate="#%{x}: %{y:.2f} bits after filters<extra></extra>"),
+                  secondary_y=True)
+    fig.add_trace(go.Scatter(x=x, y=[s.raw_entropy for s in steps], name="raw entropy (bits)",
+                             mode="lines", line={"color": ENTROPY_COLOUR, "dash": "dot"},
+                             hovertemplate="#%{x}: %{y:.2f} bits raw<extra></extra>"),
+                  secondary_y=True)
+    fig.update_layout(height=340, margin={"l": 10, "r": 10, "t": 30, "b": 10}, hovermode="x unified",
+                      legend={"orientation": "h", "y": 1.12, "x": 0},
+                      title={"text": "Each step: how likely the chosen token was, and how uncertain the model was",
+                             "font": {"size": 14}, "y": 0.99})
+    # Whole-number ticks: a step is a token, there is no token 1.5.
+    fig.update_xaxes(title_text="generated token #", dtick=1 if len(steps) <= 20 else None, tickformat="d")
+    fig.update_yaxes(title_text="probability", tickformat=".0%", range=[0, 1.02], secondary_y=False)
+    fig.update_yaxes(title_text="entropy (bits)", rangemode="tozero", showgrid=False, tickmode="auto",
+                     secondary_y=True)
+    return fig
+
+
+def inspect_label(step: Step) -> str:
+    """A plain-text option label for the inspector's selectbox."""
+    return f"#{step.index + 1}  {show_token(step.text)}  ({fmt_prob(step.prob)})"
+
+
+def alternatives_tables(step: Step) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(before, after) filtering: the top alternatives at one step, the chosen token marked.
+
+    The chosen token is appended when it is not among the recorded top alternatives.
+    """
+    def table(cands: Sequence[Candidate], ranked_by_raw: bool) -> pd.DataFrame:
+        rows = [{"rank": i + 1, "token": show_token(c.text), "raw probability": c.raw_prob,
+                 "after filters": c.prob, "chosen": "✓" if c.token_id == step.token_id else ""}
+                for i, c in enumerate(cands)]
+        if all(c.token_id != step.token_id for c in cands):
+            rows.append({"rank": step.rank if ranked_by_raw else None, "token": show_token(step.text),
+                         "raw probability": step.raw_prob, "after filters": step.prob, "chosen": "✓"})
+        return pd.DataFrame(rows, columns=["rank", "token", "raw probability", "after filters", "chosen"])
+
+    return table(step.top_before, True), table(step.top_after, False)
+
+
+# --- JSON file format ----------------------------------------------------------------------------
+
+class RunFormatError(ValueError):
+    """An imported file is not a valid Sampling Lab run; the message names the bad field."""
+
+
+def run_to_dict(run: Run) -> dict:
+    cfg = run.sampling
+    return {
+        "format": RUN_FORMAT, "version": RUN_VERSION,
+        "model": run.model, "model_label": run.model_label,
+        "prompt": run.prompt, "prompt_mode": run.prompt_mode,
+        "settings": {"temperature": cfg.temperature, "top_k": cfg.top_k, "top_p": cfg.top_p, "min_p": cfg.min_p,
+                     "seed": cfg.seed, "max_new_tokens": run.max_new_tokens},
+        "status": run.status, "finished": run.finished, "text": run.text,
+        "steps": [dataclasses.asdict(s) for s in run.steps],
+    }
+
+
+def run_to_json(run: Run) -> str:
+    """The run as a JSON document (settings, seed, each step's chosen token and top alternatives)."""
+    return json.dumps(run_to_dict(run), ensure_ascii=False, allow_nan=False)
+
+
+def _reject_constant(name: str) -> float:
+    raise RunFormatError(f"the file contains {name}, which is not a valid number here")
+
+
+def _get(obj: Mapping, key: str, where: str) -> object:
+    if key not in obj:
+        raise RunFormatError(f"{where}: missing field {key!r}")
+    return obj[key]
+
+
+def _int(obj: Mapping, key: str, where: str, low: int | None = 0, optional: bool = False) -> int | None:
+    v = _get(obj, key, where)
+    if v is None and optional:
+        return None
+    if not isinstance(v, int) or isinstance(v, bool) or (low is not None and v < low):
+        bound = f" >= {low}" if low is not None else ""
+        raise RunFormatError(f"{where}.{key} must be an integer{bound}, got {v!r:.60}")
+    return v
+
+
+def _num(obj: Mapping, key: str, where: str, low: float = -math.inf, high: float = math.inf) -> float:
+    v = _get(obj, key, where)
+    if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or not low <= v <= high:
+        bounds = (f" in [{low:g}, {high:g}]" if math.isfinite(high) else f" >= {low:g}" if math.isfinite(low)
+                  else "")
+        raise RunFormatError(f"{where}.{key} must be a finite number{bounds}, got {v!r:.60}")
+    return float(v)
+
+
+def _str(obj: Mapping, key: str, where: str, choices: Sequence[str] | None = None) -> str:
+    v = _get(obj, key, where)
+    if not isinstance(v, str) or (choices is not None and v not in choices):
+        want = f"one of {', '.join(map(repr, choices))}" if choices else "a string"
+        raise RunFormatError(f"{where}.{key} must be {want}, got {v!r:.60}")
+    return v
+
+
+def _dict(v: object, where: str) -> Mapping:
+    if not isinstance(v, dict):
+        raise RunFormatError(f"{where} must be an object, got {type(v).__name__}")
+    return v
+
+
+def _list(v: object, where: str, limit: int) -> list:
+    if not isinstance(v, list):
+        raise RunFormatError(f"{where} must be a list, got {type(v).__name__}")
+    if len(v) > limit:
+        raise RunFormatError(f"{where} has {len(v):,} entries; at most {limit:,} are allowed")
+    return v
+
+
+_PROB_SLACK = 1 + 1e-6    # float32 softmax can round a hair above 1
+
+
+def _candidate(v: object, where: str) -> Candidate:
+    d = _dict(v, where)
+    return Candidate(token_id=_int(d, "token_id", where), text=_str(d, "text", where),
+                     prob=_num(d, "prob", where, 0, _PROB_SLACK), raw_prob=_num(d, "raw_prob", where, 0, _PROB_SLACK),
+                     logit=_num(d, "logit", where))
+
+
+def _step(v: object, i: int) -> Step:
+    where = f"steps[{i}]"
+    d = _dict(v, where)
+    index = _int(d, "index", where)
+    if index != i:
+        raise RunFormatError(f"{where}.index must be {i}, got {index}")
+    finished = _get(d, "finished", where)
+    if finished not in (None, "eos", "length"):
+        raise RunFormatError(f"{where}.finished must be null, 'eos' or 'length', got {finished!r:.60}")
+    return Step(
+        index=index, token_id=_int(d, "token_id", where), text=_str(d, "text", where),
+        prob=_num(d, "prob", where, 0, _PROB_SLACK), raw_prob=_num(d, "raw_prob", where, 0, _PROB_SLACK),
+        rank=_int(d, "rank", where, 1), entropy=_num(d, "entropy", where, 0),
+        raw_entropy=_num(d, "raw_entropy", where, 0),
+        top_before=tuple(_candidate(c, f"{where}.top_before[{j}]")
+                         for j, c in enumerate(_list(_get(d, "top_before", where), f"{where}.top_before",
+                                                     MAX_CANDIDATES))),
+        top_after=tuple(_candidate(c, f"{where}.top_after[{j}]")
+                        for j, c in enumerate(_list(_get(d, "top_after", where), f"{where}.top_after",
+                                                    MAX_CANDIDATES))),
+        uniform=_num(d, "uniform", where, 0, 1), prompt_tokens=_int(d, "prompt_tokens", where),
+        truncated=_int(d, "truncated", where), finished=finished)
+
+
+def parse_run(data: bytes | str) -> Run:
+    """Read a run exported by run_to_json; raise RunFormatError with a plain message for anything else."""
+    if isinstance(data, bytes):
+        if len(data) > MAX_FILE_BYTES:
+            raise RunFormatError(f"the file is {len(data) / 1e6:.1f} MB; runs up to "
+                                 f"{MAX_FILE_BYTES / 1e6:.0f} MB can be replayed")
+        try:
+            data = data.decode("utf-8-sig")
+        except UnicodeDecodeError as e:
+            raise RunFormatError(f"the file is not UTF-8 text ({e.reason} at byte {e.start})") from None
+    try:
+        doc = json.loads(data, parse_constant=_reject_constant)
+    except json.JSONDecodeError as e:
+        raise RunFormatError(f"the file is not valid JSON: {e.msg} (line {e.lineno}, column {e.colno})") from None
+    except RecursionError:
+        raise RunFormatError("the file is not valid JSON: it is nested too deeply") from None
+    if not isinstance(doc, dict) or doc.get("format") != RUN_FORMAT:
+        raise RunFormatError(f'this JSON is not a Sampling Lab run (it needs "format": "{RUN_FORMAT}"); '
+                             "export one with the Download button on the Generate page")
+    version = doc.get("version")
+    if version != RUN_VERSION:
+        raise RunFormatError(f"run format version {version!r:.20} is not supported (this app reads version "
+                             f"{RUN_VERSION})")
+    settings = _dict(_get(doc, "settings", "run"), "settings")
+    try:
+        cfg = SamplingConfig(temperature=_num(settings, "temperature", "settings", 0),
+                             top_k=_int(settings, "top_k", "settings", optional=True),
+                             top_p=_num(settings, "top_p", "settings", 0, 1),
+                             min_p=_num(settings, "min_p", "settings", 0, 1),
+                             seed=_int(settings, "seed", "settings", low=None, optional=True))
+    except ValueError as e:
+        if isinstance(e, RunFormatError):
+            raise
+        raise RunFormatError(f"settings: {e}") from None
+    steps = tuple(_step(s, i) for i, s in enumerate(_list(_get(doc, "steps", "run"), "steps", MAX_STEPS)))
+    run = Run(model=_str(doc, "model", "run"), model_label=_str(doc, "model_label", "run"),
+              prompt=_str(doc, "prompt", "run"), prompt_mode=_str(doc, "prompt_mode", "run", ("raw", "chat")),
+              sampling=cfg, max_new_tokens=_int(settings, "max_new_tokens", "settings", 1), steps=steps,
+              status=_str(doc, "status", "run", ("done", "stopped", "interrupted")))
+    text = _get(doc, "text", "run")
+    if text != run.text:
+        raise RunFormatError("the field 'text' does not match the tokens in 'steps' (was the file edited?)")
+    return run
+
+
+def new_run(lm: core.LanguageModel, model_label: str, prompt: str, mode: str, cfg: SamplingConfig,
+            max_new_tokens: int) -> Run:
+    """An empty run about to be generated."""
+    return Run(model=lm.name, model_label=model_label, prompt=prompt, prompt_mode=mode, sampling=cfg,
+               max_new_tokens=max_new_tokens)
