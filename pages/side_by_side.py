@@ -1,4 +1,115 @@
-import streamlit as st
+"""Temperatures side by side: one prompt, one seed, 2-4 temperatures; charts, live text and 1,000 draws."""
+from __future__ import annotations
 
-st.title("side_by_side")
-st.write("Coming soon.")
+import time
+
+import streamlit as st
+import torch
+
+import core
+from ui import bridge
+from ui import side_by_side_view as view
+from ui.controls import require_model, require_prompt_ids, settings
+from ui.format import plain_text_for_markdown
+
+s = settings()
+lm = require_model(s)
+ids = require_prompt_ids(s, lm)
+
+st.title("Temperatures side by side")
+st.caption(view.filters_caption(s.sampling))
+
+left, right = st.columns([1, 2])
+n_cols = left.radio("Columns", [2, 3, 4], index=1, horizontal=True, key="sbs_columns")
+top_n = right.slider("Tokens in each chart", 3, 30, 10, key="sbs_top_n")
+
+cols = st.columns(n_cols)
+temps = [col.number_input(f"Temperature, column {i + 1}", value=view.DEFAULT_TEMPERATURES[i], step=0.1,
+                          format="%g", key=f"sbs_t{i}") for i, col in enumerate(cols)]
+specs = view.column_specs(temps, s.sampling)
+valid = [sp for sp in specs if sp.config is not None]
+
+# Cached logits: moving a temperature never re-runs the model.
+logits = torch.from_numpy(bridge.next_token_logits(s.model, ids))
+order = view.token_order(logits, top_n)
+labels = view.token_labels(order, lm.tokenizer.token_text)
+probs = {sp.index: core.probabilities(logits, sp.config) for sp in valid}
+x_max = view.shared_x_max([probs[sp.index][order].tolist() for sp in valid])
+for sp, col in zip(specs, cols):
+    with col:
+        if sp.error:
+            st.error(plain_text_for_markdown(sp.error), icon="⚠️")   # shown literally, ">=" stays ">="
+            continue
+        st.plotly_chart(view.distribution_figure(labels, probs[sp.index][order].tolist(), x_max, sp.color),
+                        width="stretch")
+        st.caption(view.column_summary(probs[sp.index], order))
+st.caption(f"The {len(order)} tokens the model ranks highest, in the same order in every column: "
+           "temperature never changes the ranking, only how tall the bars are.")
+
+
+# No st.fragment here: a click inside a running fragment is queued until it ends, so Stop could
+# not interrupt it; a full rerun does interrupt, and the charts above come from cached logits.
+st.subheader("Continuations, generated live")
+st.write(view.CRN_SENTENCE)
+row = st.container(horizontal=True, vertical_alignment="bottom")
+max_new = int(row.number_input("Max new tokens", 1, 200, 30, key="sbs_max_tokens", width=180))
+start = row.button("Generate", type="primary", key="sbs_generate", disabled=not valid)
+row.button("Stop", key="sbs_stop")   # any click interrupts the run; the tokens so far stay in session state
+status = st.empty()
+boxes = {sp.index: col.empty() for sp, col in zip(specs, st.columns(len(specs)))}
+steps_area = st.empty()
+
+st.subheader(f"The book's experiment: {view.N_DRAWS:,} draws at each temperature")
+st.write(f"Draw the prompt's next token {view.N_DRAWS:,} times at each column's temperature and count what "
+         "comes out. Every column uses the same 1,000 random numbers (seeded from the sidebar).")
+if valid:
+    counts = view.draw_counts([probs[sp.index] for sp in valid], s.sampling.seed)
+    names = [sp.name for sp in valid]
+    table = view.counts_table(counts, names, logits, lm.tokenizer.token_text, max_rows=top_n)
+    chart_col, table_col = st.columns([3, 2])
+    chart_col.plotly_chart(view.counts_figure(table, names, [sp.color for sp in valid]), width="stretch")
+    table_col.dataframe(table, hide_index=True, width="stretch", height="content")
+    st.caption(view.distinct_caption(counts, names))
+
+
+# In chat mode the model continues the template's assistant turn, not the typed text.
+shown_prompt = s.prompt if s.mode == "raw" or not lm.has_chat else ""
+
+
+def show(run: view.GenerationRun, live: bool) -> None:
+    """Draw every column's text into its placeholder (model text is escaped inside continuation_html)."""
+    where = {name: j for j, name in enumerate(run.names)}
+    for sp in specs:
+        with boxes[sp.index].container():
+            st.markdown(f"**{sp.name}**")
+            if sp.config is None:
+                st.caption("No text: the temperature above is not valid.")
+                continue
+            j = where[sp.name]
+            st.html(view.continuation_html(shown_prompt, run.texts[j], sp.color, run.divergence, run.finished[j],
+                                           cursor=live and run.finished[j] is None))
+
+
+# Generation runs last, so the whole page is drawn while the columns stream into their placeholders.
+key = (s.model, ids, tuple(sp.config for sp in valid), max_new)
+run: view.GenerationRun | None = st.session_state.get("sbs_run")
+if start:
+    run = view.GenerationRun(key, [sp.name for sp in valid])
+    st.session_state["sbs_run"] = run
+    status.caption("Generating… (reading the prompt)")
+    t0 = time.perf_counter()
+    for steps in core.generate_many(lm, list(ids), [sp.config for sp in valid], max_new, seed=s.sampling.seed):
+        run.add(steps)
+        run.seconds = time.perf_counter() - t0
+        status.caption(f"Generating… token {run.steps} of {max_new}")
+        show(run, live=True)
+    run.complete = True
+if run is None or run.key != key:
+    status.info("Click **Generate** to continue the prompt in every column at once, token by token.")
+else:
+    show(run, live=False)
+    done = (f"{run.steps} tokens in {run.seconds:.1f} s." if run.complete
+            else f"Stopped after {run.steps} token{'s' if run.steps != 1 else ''}.")
+    status.caption(f"{done} {view.divergence_caption(run)}")
+    with steps_area.expander("Step by step: the shared random number and what each column drew with it"):
+        st.dataframe(view.steps_table(run), hide_index=True, width="stretch")

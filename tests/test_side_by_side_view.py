@@ -1,0 +1,191 @@
+"""Unit tests for ui/side_by_side_view.py: exact values on tiny hand-built distributions."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import core
+from ui import side_by_side_view as view
+
+VOCAB = ["closer", "every", "effort", "forward", "inches", "moves", "pizza", "toward", "you"]
+BOOK_LOGITS = torch.tensor([4.51, 0.89, -1.90, 6.75, 1.63, -1.62, -1.89, 6.28, 1.79])
+FORWARD = VOCAB.index("forward")
+
+
+def text_of(i: int) -> str:
+    return " " + VOCAB[i]
+
+
+# --- column settings --------------------------------------------------------------------------
+
+def test_column_specs_apply_sidebar_filters_and_name_invalid_values() -> None:
+    base = core.SamplingConfig(temperature=0.7, top_k=5, top_p=0.9, min_p=0.05, seed=7)
+    specs = view.column_specs([0.1, -1.0, 5.0], base)
+    assert [sp.name for sp in specs] == ["T = 0.1", "T = -1", "T = 5"]
+    assert specs[0].config == core.SamplingConfig(temperature=0.1, top_k=5, top_p=0.9, min_p=0.05, seed=7)
+    assert specs[2].config.temperature == 5.0 and specs[2].error is None
+    assert specs[1].config is None
+    assert specs[1].error == "Column 2: temperature must be a finite number >= 0, got -1.0."
+
+
+def test_column_specs_extreme_temperatures_are_valid() -> None:
+    specs = view.column_specs([1e-6, 1e6, 0.0], core.SamplingConfig())
+    assert all(sp.config is not None for sp in specs)
+    assert [sp.name for sp in specs] == ["T = 1e-06", "T = 1e+06", "T = 0"]
+
+
+def test_equal_temperatures_get_distinct_names() -> None:
+    specs = view.column_specs([1.0, 1.0, 2.0], core.SamplingConfig())
+    assert [sp.name for sp in specs] == ["T = 1 (column 1)", "T = 1 (column 2)", "T = 2"]
+    assert len({sp.color for sp in specs}) == 3
+
+
+def test_filters_caption() -> None:
+    assert "no filters" in view.filters_caption(core.SamplingConfig(seed=5))
+    text = view.filters_caption(core.SamplingConfig(top_k=40, top_p=0.9, min_p=0.1, seed=5))
+    assert "top-k 40 · top-p 0.9 · min-p 0.1 · seed 5" in text
+
+
+# --- distributions ----------------------------------------------------------------------------
+
+def test_token_order_is_the_raw_ranking_and_ties_go_to_lower_ids() -> None:
+    assert view.token_order(BOOK_LOGITS, 3) == [FORWARD, VOCAB.index("toward"), VOCAB.index("closer")]
+    assert view.token_order(torch.tensor([1.0, 2.0, 2.0, 0.0]), 10) == [1, 2, 0, 3]
+
+
+def test_token_order_is_the_same_at_every_temperature() -> None:
+    # Ranked by the scaled logits, not by probabilities: at T=0.1 the tail underflows to 0 and ties.
+    for t in (1e-6, 0.1, 1.0, 5.0, 1e6):
+        scaled = core.filter_logits(BOOK_LOGITS, core.SamplingConfig(temperature=t))
+        assert view.token_order(scaled, 9) == view.token_order(BOOK_LOGITS, 9)
+
+
+def test_token_labels_are_readable_and_unique() -> None:
+    texts = {1: " a", 2: "\n", 3: "\ufffd", 4: "\ufffd"}
+    assert view.token_labels([1, 2, 3, 4], texts.__getitem__) == ["␣a", "↵", "\ufffd #3", "\ufffd #4"]
+
+
+def test_distribution_figure_escapes_labels_and_shares_the_axis() -> None:
+    # Plotly decodes &lt; &gt; &amp; but would show "&quot;" literally, so quotes stay as they are.
+    fig = view.distribution_figure(["<b>x</b>", '␣"y"&'], [0.75, 0.25], 0.9, "#123456")
+    bar = fig.data[0]
+    assert list(bar.y) == ["&lt;b&gt;x&lt;/b&gt;", '␣"y"&amp;']
+    assert list(bar.x) == [0.75, 0.25]
+    assert list(fig.layout.xaxis.range) == [0, 0.9]
+    assert fig.layout.yaxis.autorange == "reversed"
+
+
+def test_shared_x_max_and_percent() -> None:
+    assert view.shared_x_max([[0.5, 0.1], [0.2]]) == pytest.approx(0.65)
+    assert view.shared_x_max([[1.0]]) == pytest.approx(1.3)
+    assert [view.percent(p) for p in (0.0, 0.5, 0.0123, 0.00002, 3e-11)] == [
+        "0%", "50%", "1.2%", "0.002%", "3e-09%"]
+
+
+def test_column_summary() -> None:
+    probs = torch.tensor([0.5, 0.25, 0.25, 0.0])
+    assert view.column_summary(probs, [0, 1]) == "entropy 1.50 bits · 3 tokens possible · top 2 hold 75%"
+
+
+# --- divergence and text ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("lists, expected", [
+    ([[1, 2, 3], [1, 2, 3]], None),
+    ([[1, 2, 3], [1, 5, 3]], 1),
+    ([[9], [1]], 0),
+    ([[1, 2], [1, 2, 3]], 2),          # one column ended (end of text) while the other went on
+    ([[1, 2, 3], [1, 2, 3], [1, 2, 4]], 2),
+    ([[1, 2, 3]], None),
+])
+def test_first_divergence(lists: list[list[int]], expected: int | None) -> None:
+    assert view.first_divergence(lists) == expected
+
+
+def _step(token_id: int, text: str, u: float, finished: str | None = None) -> core.Step:
+    return core.Step(index=0, token_id=token_id, text=text, prob=0.5, raw_prob=0.4, rank=1, entropy=1.0,
+                     raw_entropy=1.2, top_before=(), top_after=(), uniform=u, prompt_tokens=3, truncated=0,
+                     finished=finished)
+
+
+def test_generation_run_collects_steps_and_finds_the_divergence() -> None:
+    run = view.GenerationRun(key=("k",), names=["T = 0.1", "T = 5"])
+    run.add([_step(1, " a", 0.25), _step(1, " a", 0.25)])
+    run.add([_step(2, " b", 0.75), _step(3, " c", 0.75)])
+    run.add([None, _step(4, "\n", 0.5, "eos")])
+    assert run.steps == 3 and run.uniforms == [0.25, 0.75, 0.5]
+    assert run.ids == [[1, 2], [1, 3, 4]]
+    assert run.finished == [None, "eos"]
+    assert run.divergence == 1
+    assert view.divergence_caption(run) == ("The columns diverge at token 2 (highlighted): "
+                                            "the first 1 token is the same in every column.")
+    table = view.steps_table(run)
+    assert list(table.columns) == ["token", "shared u", "T = 0.1", "T = 5"]
+    assert table["T = 0.1"].tolist() == ["␣a  (50%)", "␣b  (50%)", "(ended)"]
+    assert table["T = 5"].tolist()[2] == "↵  (50%)"
+
+
+def test_divergence_caption_when_all_agree() -> None:
+    run = view.GenerationRun(key=(), names=["a", "b"])
+    run.add([_step(1, "x", 0.1), _step(1, "x", 0.1)])
+    assert view.divergence_caption(run) == "All columns chose the same 1 token."
+
+
+def test_readable_text_and_prompt_tail() -> None:
+    assert view.readable_text("a\nb\x07\tc\r") == "a↵\nb\\x07\tc⏎"
+    assert view.prompt_tail("x" * 70, 60) == "…" + "x" * 60
+    assert view.prompt_tail("short") == "short"
+
+
+def test_continuation_html_escapes_model_text_and_marks_the_divergence() -> None:
+    html = view.continuation_html('<img src="http://evil/">', ["![x](http://a/)", " <script>", "\n"],
+                                  "#ff0000", highlight=1, finished="eos")
+    assert "<img" not in html and "<script>" not in html
+    assert "&lt;img src=&quot;http://evil/&quot;&gt;" in html
+    assert '<mark data-testid="sbs-diverge"' in html and "&lt;script&gt;</mark>" in html
+    assert html.count("<mark") == 1
+    assert "↵\n" in html and "[end of text]" in html
+
+
+# --- 1,000 draws --------------------------------------------------------------------------------
+
+def test_draw_many_matches_core_sample_exactly() -> None:
+    g = torch.Generator().manual_seed(0)
+    for t in (0.0, 0.5, 1.0, 3.0):
+        probs = core.probabilities(BOOK_LOGITS, core.SamplingConfig(temperature=t, top_k=6))
+        u = torch.rand(2000, generator=g, dtype=torch.float64)
+        expected = core.sample(probs.expand(2000, -1), uniform=u)
+        assert torch.equal(view.draw_many(probs, u), expected)
+    assert view.draw_many(torch.tensor([0.0, 1.0, 0.0]), torch.tensor([0.0, 0.999999])).tolist() == [1, 1]
+
+
+def test_draw_counts_sum_to_n_and_greedy_puts_all_on_the_argmax() -> None:
+    rows = [core.probabilities(BOOK_LOGITS, core.SamplingConfig(temperature=t)) for t in (0.0, 1.0, 5.0)]
+    counts = view.draw_counts(rows, seed=123)
+    assert [int(c.sum()) for c in counts] == [1000, 1000, 1000]
+    assert int(counts[0][FORWARD]) == 1000
+    # More heat, more variety: the book's observation.
+    distinct = [int((c > 0).sum()) for c in counts]
+    assert distinct[0] == 1 and distinct[1] < distinct[2] == 9
+    assert all(torch.equal(a, b) for a, b in zip(counts, view.draw_counts(rows, seed=123)))
+    assert not torch.equal(counts[2], view.draw_counts(rows, seed=124)[2])
+
+
+def test_draw_counts_with_common_random_numbers_stay_close_to_the_book() -> None:
+    # The book (ch. 5, torch.manual_seed(123) and multinomial) reports 582 x forward, 343 x toward
+    # at T=1; our inverse-CDF draws differ in detail but not in proportion.
+    counts = view.draw_counts([torch.softmax(BOOK_LOGITS, -1)], seed=123)[0]
+    assert 540 < int(counts[FORWARD]) < 630 and 300 < int(counts[VOCAB.index("toward")]) < 390
+
+
+def test_counts_table_sums_to_the_draws_with_an_other_row() -> None:
+    rows = [core.probabilities(BOOK_LOGITS, core.SamplingConfig(temperature=t)) for t in (0.0, 5.0)]
+    counts = view.draw_counts(rows, seed=1)
+    table = view.counts_table(counts, ["T = 0", "T = 5"], BOOK_LOGITS, text_of, max_rows=3)
+    assert table["token"].tolist() == ["␣forward", "␣toward", "␣closer", "(all other tokens)"]
+    assert table["raw rank"].tolist() == ["1", "2", "3", ""]
+    assert table["T = 0"].tolist() == [1000, 0, 0, 0]
+    assert int(table["T = 5"].sum()) == 1000
+    assert table["T = 5"].iloc[3] == int(counts[1].sum()) - int(counts[1][[3, 7, 0]].sum())
+    fig = view.counts_figure(table, ["T = 0", "T = 5"], ["#111111", "#222222"])
+    assert [list(bar.y) for bar in fig.data] == [table["T = 0"].tolist(), table["T = 5"].tolist()]
+    assert view.distinct_caption(counts, ["T = 0", "T = 5"]).startswith("Different tokens drawn: T = 0 → 1 · ")

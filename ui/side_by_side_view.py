@@ -1,0 +1,315 @@
+"""Pure helpers for the "Temperatures side by side" page: column settings, charts, streamed text, draw counts.
+
+No Streamlit import, so every function here is unit-testable on plain tensors and strings.
+"""
+from __future__ import annotations
+
+import html
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import pandas as pd
+import plotly.graph_objects as go
+import torch
+from torch import Tensor
+
+import core
+from ui.format import escape_html, show_token
+
+DEFAULT_TEMPERATURES: tuple[float, ...] = (0.1, 1.0, 5.0, 2.0)   # the book's 0.1, 1, 5, then one more
+COLORS: tuple[str, ...] = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd")
+N_DRAWS = 1000                                                     # the book's experiment size
+CRN_SENTENCE = ("Every column uses the same random number at each step (common random numbers), "
+                "so any difference between the columns comes from the temperature, not from luck.")
+
+
+# --- column settings --------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ColumnSpec:
+    """One column: its temperature and either a valid config or the message saying why not."""
+
+    index: int                                # 0-based
+    temperature: float
+    name: str                                 # "T = 0.1"; "T = 1 (column 2)" when two columns share T
+    config: core.SamplingConfig | None        # None when the temperature is invalid
+    error: str | None = None
+
+    @property
+    def color(self) -> str:
+        return COLORS[self.index % len(COLORS)]
+
+
+def column_specs(temperatures: Sequence[float], base: core.SamplingConfig) -> list[ColumnSpec]:
+    """One spec per temperature; the sidebar's filters and seed (in `base`) apply to every column."""
+    titles = [f"T = {t:g}" for t in temperatures]
+    specs = []
+    for i, (t, title) in enumerate(zip(temperatures, titles)):
+        name = f"{title} (column {i + 1})" if titles.count(title) > 1 else title
+        try:
+            specs.append(ColumnSpec(i, t, name, base.replace(temperature=t)))
+        except ValueError as e:   # core names the bad value in its message
+            specs.append(ColumnSpec(i, t, name, None, f"Column {i + 1}: {e}."))
+    return specs
+
+
+def filters_caption(cfg: core.SamplingConfig) -> str:
+    """What the sidebar applies to every column, in words."""
+    parts = []
+    if cfg.top_k:
+        parts.append(f"top-k {cfg.top_k}")
+    if cfg.top_p != 1:
+        parts.append(f"top-p {cfg.top_p:g}")
+    if cfg.min_p != 0:
+        parts.append(f"min-p {cfg.min_p:g}")
+    filters = " · ".join(parts) if parts else "no filters (top-k, top-p and min-p are off)"
+    return (f"From the sidebar, for every column: {filters} · seed {cfg.seed}. "
+            "The sidebar's temperature slider is not used here: each column sets its own.")
+
+
+# --- distributions ----------------------------------------------------------------------------
+
+def token_order(logits: Tensor, n: int) -> list[int]:
+    """The n most likely token ids under the raw logits, best first (ties go to the lower id).
+
+    Temperature divides every logit by the same positive number, so this order is the same in
+    every column; only the bar heights change.
+    """
+    n = max(1, min(n, logits.shape[-1]))
+    return torch.sort(logits.float(), descending=True, stable=True).indices[:n].tolist()
+
+
+def token_labels(token_ids: Sequence[int], token_text: Callable[[int], str]) -> list[str]:
+    """Readable, unique labels (a category axis merges equal labels, e.g. two byte tokens shown as "�")."""
+    labels = [show_token(token_text(i)) for i in token_ids]
+    seen: dict[str, int] = {}
+    for label in labels:
+        seen[label] = seen.get(label, 0) + 1
+    return [f"{label} #{i}" if seen[label] > 1 else label for label, i in zip(labels, token_ids)]
+
+
+def plotly_text(text: str) -> str:
+    """Escape for plotly labels: plotly reads <b>, <a href> and a few entities, but shows "&quot;" as is."""
+    return html.escape(text, quote=False)
+
+
+def distribution_figure(labels: Sequence[str], probs: Sequence[float], x_max: float, color: str) -> go.Figure:
+    """Horizontal bars, most likely token on top; every column shares x_max so heights compare."""
+    safe = [plotly_text(label) for label in labels]
+    fig = go.Figure(go.Bar(
+        x=list(probs), y=safe, orientation="h", marker_color=color,
+        text=[percent(p) for p in probs], textposition="outside", cliponaxis=False,
+        hovertemplate="%{y}: %{x:.4%}<extra></extra>",
+    ))
+    fig.update_layout(
+        height=90 + 24 * len(labels), margin=dict(l=0, r=10, t=10, b=30), showlegend=False,
+        xaxis=dict(range=[0, x_max], tickformat="~%", title=None, fixedrange=True),   # "~%": tiny ranges still read
+        yaxis=dict(autorange="reversed", type="category", title=None, fixedrange=True),
+    )
+    return fig
+
+
+def shared_x_max(prob_rows: Sequence[Sequence[float]]) -> float:
+    """One x range for every column's chart, with room for the percentage labels."""
+    top = max((max(row) for row in prob_rows if len(row)), default=1.0)
+    return min(1.0, top) * 1.3 or 1.0
+
+
+def percent(p: float) -> str:
+    """A probability as a short percentage that never rounds a non-zero value to "0%"."""
+    if p == 0:
+        return "0%"
+    if p >= 0.1:
+        return f"{p:.0%}"
+    if p >= 0.001:
+        return f"{p:.1%}"
+    return f"{p * 100:.2g}%"
+
+
+def column_summary(probs: Tensor, shown_ids: Sequence[int]) -> str:
+    """Entropy and how much probability the shown tokens hold, for the caption under a chart."""
+    bits = float(core.entropy(probs))
+    kept = int((probs > 0).sum())
+    shown = float(probs[list(shown_ids)].sum())
+    return (f"entropy {bits:.2f} bits · {kept:,} tokens possible · "
+            f"top {len(shown_ids)} hold {percent(min(shown, 1.0))}")
+
+
+# --- streamed generation ----------------------------------------------------------------------
+
+@dataclass
+class GenerationRun:
+    """Tokens generated so far for each valid column; kept in session state so Stop keeps them."""
+
+    key: tuple                                          # settings it was made with; stale when they change
+    names: list[str]                                    # ColumnSpec.name of each generated column
+    ids: list[list[int]] = field(default_factory=list)
+    texts: list[list[str]] = field(default_factory=list)
+    probs: list[list[float]] = field(default_factory=list)
+    finished: list[str | None] = field(default_factory=list)
+    uniforms: list[float] = field(default_factory=list)
+    complete: bool = False
+    seconds: float = 0.0
+
+    def __post_init__(self) -> None:
+        n = len(self.names)
+        self.ids = self.ids or [[] for _ in range(n)]
+        self.texts = self.texts or [[] for _ in range(n)]
+        self.probs = self.probs or [[] for _ in range(n)]
+        self.finished = self.finished or [None] * n
+
+    def add(self, steps: Sequence[core.Step | None]) -> None:
+        """Append one step of generate_many (None marks a column that already finished)."""
+        uniform = next(s.uniform for s in steps if s is not None)
+        self.uniforms.append(uniform)
+        for i, step in enumerate(steps):
+            if step is None:
+                continue
+            self.ids[i].append(step.token_id)
+            self.texts[i].append(step.text)
+            self.probs[i].append(step.prob)
+            self.finished[i] = step.finished
+
+    @property
+    def steps(self) -> int:
+        return len(self.uniforms)
+
+    @property
+    def divergence(self) -> int | None:
+        return first_divergence(self.ids)
+
+
+def first_divergence(token_lists: Sequence[Sequence[int]]) -> int | None:
+    """0-based index of the first token where the columns differ (a column that already ended counts
+    as different from one that goes on); None when they all agree throughout."""
+    if len(token_lists) < 2:
+        return None
+    longest = max(len(t) for t in token_lists)
+    for i in range(longest):
+        if len({t[i] if i < len(t) else None for t in token_lists}) > 1:
+            return i
+    return None
+
+
+def divergence_caption(run: GenerationRun) -> str:
+    """One sentence about where the columns part ways."""
+    if len(run.names) < 2 or run.steps == 0:
+        return ""
+    i = run.divergence
+    if i is None:
+        return f"All columns chose the same {run.steps} token{'s' if run.steps != 1 else ''}."
+    if i == 0:
+        return "The columns diverge at token 1 (highlighted): they differ from the very first choice."
+    return (f"The columns diverge at token {i + 1} (highlighted): the first {i} "
+            f"token{'s are' if i != 1 else ' is'} the same in every column.")
+
+
+def readable_text(text: str) -> str:
+    """Model text made visible as plain text: "↵" before each line break, control characters as \\xNN."""
+    out = []
+    for ch in text:
+        if ch == "\n":
+            out.append("↵\n")
+        elif ch == "\r":
+            out.append("⏎")
+        elif ch != "\t" and (ord(ch) < 32 or ord(ch) == 127):
+            out.append(f"\\x{ord(ch):02x}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def prompt_tail(prompt: str, max_chars: int = 60) -> str:
+    """The end of the prompt, to show what the continuation follows."""
+    return prompt if len(prompt) <= max_chars else "…" + prompt[-max_chars:]
+
+
+_BOX = ("font-size:0.95rem;line-height:1.55;white-space:pre-wrap;overflow-wrap:anywhere;"
+        "border:1px solid rgba(128,128,128,0.35);border-radius:0.5rem;padding:0.6rem 0.75rem;min-height:4rem")
+_MARK = "background:#ffd54f;color:#000;border-radius:3px;padding:0 2px;outline:1px solid #e0a800"
+
+
+def continuation_html(prompt: str, texts: Sequence[str], color: str, highlight: int | None = None,
+                      finished: str | None = None, cursor: bool = False) -> str:
+    """The prompt's tail in grey, then the generated tokens; every piece of model or user text is escaped."""
+    parts = [f'<span style="opacity:0.55">{escape_html(readable_text(prompt_tail(prompt)))}</span>']
+    for i, text in enumerate(texts):
+        piece = escape_html(readable_text(text))
+        if i == highlight:
+            piece = (f'<mark data-testid="sbs-diverge" style="{_MARK}" '
+                     f'title="the columns diverge here">{piece or "∅"}</mark>')
+        parts.append(f'<span style="color:{color}">{piece}</span>' if piece else "")
+    if cursor:
+        parts.append('<span style="opacity:0.5">▌</span>')
+    if finished == "eos":
+        parts.append(' <span style="opacity:0.6;font-size:0.8rem">[end of text]</span>')
+    return f'<div data-testid="sbs-text" style="{_BOX}">{"".join(parts)}</div>'
+
+
+def steps_table(run: GenerationRun) -> pd.DataFrame:
+    """Step by step: the shared random number and what each column drew with it."""
+    data: dict[str, list] = {"token": list(range(1, run.steps + 1)), "shared u": [round(u, 4) for u in run.uniforms]}
+    for name, texts, probs in zip(run.names, run.texts, run.probs):
+        cells = [f"{show_token(t)}  ({percent(p)})" for t, p in zip(texts, probs)]
+        data[name] = cells + ["(ended)"] * (run.steps - len(cells))
+    return pd.DataFrame(data)
+
+
+# --- the book's experiment: 1,000 draws --------------------------------------------------------
+
+def draw_many(probs: Tensor, uniforms: Tensor) -> Tensor:
+    """One token id per uniform from a single (V,) distribution: exactly core.sample(probs.expand(n, V),
+    uniform=uniforms), but sorting the vocabulary once instead of n times."""
+    sorted_p, sorted_idx = torch.sort(probs, descending=True, stable=True)
+    positive = int((sorted_p > 0).sum())
+    if positive == 0:
+        raise ValueError("probs needs at least one token with probability > 0")
+    cdf = sorted_p.double().cumsum(dim=-1)
+    pos = torch.searchsorted(cdf, uniforms.double(), right=True)   # how many cdf values are <= u
+    return sorted_idx[pos.clamp(max=positive - 1)]
+
+
+def draw_counts(prob_rows: Sequence[Tensor], seed: int | None, n: int = N_DRAWS) -> list[Tensor]:
+    """n draws from each distribution with one seeded generator and the same n uniforms for every row
+    (common random numbers again); returns per-row bincounts over the vocabulary."""
+    uniforms = core.sampling.draw_uniform(core.make_generator(seed), n)
+    return [torch.bincount(draw_many(p, uniforms), minlength=p.shape[-1]) for p in prob_rows]
+
+
+def counts_table(counts: Sequence[Tensor], names: Sequence[str], logits: Tensor,
+                 token_text: Callable[[int], str], max_rows: int = 10) -> pd.DataFrame:
+    """Rows: tokens drawn at least once, in the model's raw ranking (at most max_rows), then one row
+    for every other token; so each column sums to the number of draws."""
+    stacked = torch.stack(list(counts))                                  # (columns, V)
+    drawn = stacked.sum(dim=0) > 0
+    order = torch.sort(logits.float(), descending=True, stable=True).indices
+    rows = [int(i) for i in order[drawn[order]][:max_rows]]
+    ranks = core.sampling.rank_of(logits.float(), torch.tensor(rows, dtype=torch.long)).tolist() if rows else []
+    table = pd.DataFrame({"token": token_labels(rows, token_text), "raw rank": ranks})
+    for name, col in zip(names, counts):
+        shown = [int(col[i]) for i in rows]
+        table[name] = shown
+    other = {"token": "(all other tokens)", "raw rank": ""}
+    other.update({name: int(col.sum()) - int(table[name].sum()) for name, col in zip(names, counts)})
+    table = pd.concat([table, pd.DataFrame([other])], ignore_index=True)
+    # Text, so the last row's rank is blank rather than "None".
+    table["raw rank"] = table["raw rank"].astype(str)
+    return table
+
+
+def distinct_caption(counts: Sequence[Tensor], names: Sequence[str]) -> str:
+    """How many different tokens each column produced in its draws."""
+    return "Different tokens drawn: " + " · ".join(
+        f"{name} → {int((c > 0).sum()):,}" for name, c in zip(names, counts))
+
+
+def counts_figure(table: pd.DataFrame, names: Sequence[str], colors: Sequence[str]) -> go.Figure:
+    """Grouped bars: one group per token row, one bar per column."""
+    labels = [plotly_text(t) for t in table["token"]]
+    fig = go.Figure([go.Bar(name=plotly_text(name), x=labels, y=table[name].tolist(), marker_color=color,
+                            hovertemplate="%{x}: %{y} draws<extra>" + plotly_text(name) + "</extra>")
+                     for name, color in zip(names, colors)])
+    fig.update_layout(barmode="group", height=360, margin=dict(l=0, r=0, t=30, b=0),
+                      legend=dict(orientation="h", y=1.12, x=0), yaxis_title=f"draws out of {N_DRAWS:,}",
+                      xaxis=dict(type="category", fixedrange=True), yaxis=dict(fixedrange=True))
+    return fig
