@@ -16,3 +16,8 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# One table of side-by-side timings (~10 min on 2 cores); writes bench/RESULTS.md.
+bench: $(STAMP)
+	$(PY) -m pip install -q -r requirements-bench.txt
+	PYTHONPATH=. $(PY) -m bench.run

@@ -1,4 +1,98 @@
+"""Next token: what the model is about to say, and how the sampling settings reshape it."""
 import streamlit as st
 
-st.title("next_token")
-st.write("Coming soon.")
+from ui import bridge
+from ui import next_token_view as view
+from ui.controls import require_model, require_prompt_ids, settings
+from ui.format import plain_text_for_markdown, show_token
+
+PICK_OPTIONS = 50   # the selectbox offers this many candidates, most likely first
+
+st.title("Next token")
+st.caption("What the model predicts right after your text, and how temperature, top-k, top-p and min-p "
+           "reshape it. Append tokens one at a time to walk through a continuation.")
+
+s = settings()
+lm = require_model(s)
+prompt_ids = require_prompt_ids(s, lm)
+tok = lm.tokenizer
+state = st.session_state
+view.sync_context(state, (s.model, s.prompt, s.mode))
+appended = view.appended_ids(state)
+ids = prompt_ids + tuple(appended)
+# Cached on (model, ids): a slider move redraws from these logits without running the model.
+a = view.analyze(bridge.next_token_logits(s.model, ids), s.sampling)
+
+st.html(view.text_so_far_html(tok.decode(prompt_ids), view.text_pieces(tok, appended)))
+if len(ids) > lm.context_length:
+    st.caption(f"{len(ids):,} tokens: the model reads only the last {lm.context_length:,}.")
+
+# Buttons change the continuation, so they rerun the whole page (outside the fragment below).
+c_sample, c_pick, c_append, c_undo, c_reset = st.columns([1.3, 3, 1, 1, 1], vertical_alignment="bottom")
+c_sample.button("Sample", icon=":material/casino:", key="nt_sample", type="primary", width="stretch",
+                on_click=view.on_sample, args=(state, a, tok),
+                help="Draw the next token from the distribution after your settings. Seeded with the "
+                     "sidebar seed + the number of tokens appended, so the same settings give the same text.")
+top = a.order[:PICK_OPTIONS].tolist()
+# Labels from the raw distribution only, so they stay put while the sampling sliders move.
+c_pick.selectbox(f"…or choose one of the top {len(top)} (raw probability)", top, key="nt_pick",
+                 format_func=lambda i: f"{show_token(tok.token_text(i))}   ({view.fmt_prob(float(a.raw_probs[i]))})")
+c_append.button("Append", icon=":material/add:", key="nt_append", width="stretch", on_click=view.on_choose,
+                args=(state, a, tok), kwargs={"widget_key": "nt_pick"})
+picks = view.steps(state)
+c_undo.button("Undo", icon=":material/undo:", key="nt_undo", width="stretch", disabled=not picks,
+              on_click=view.undo, args=(state,))
+c_reset.button("Reset", icon=":material/restart_alt:", key="nt_reset", width="stretch", disabled=not picks,
+               on_click=view.reset, args=(state,))
+
+if picks:
+    last = picks[-1]
+    icon = ":material/edit:" if last.kind == "chosen" else (":material/trophy:" if last.rank == 1 else ":material/casino:")
+    # The message holds model text: escaped so Markdown shows it literally.
+    st.info(plain_text_for_markdown(last.message()), icon=icon)
+    with st.expander(f"How each of the {len(picks)} appended tokens was chosen"):
+        st.dataframe(view.history_table(picks), hide_index=True, width="stretch",
+                     column_config={"p (settings then)": st.column_config.NumberColumn(format="percent"),
+                                    "raw p": st.column_config.NumberColumn(format="percent")})
+
+
+@st.fragment
+def distribution(a: view.Analysis) -> None:
+    """Chart, pipeline and table: the chart's own controls rerun only this fragment."""
+    left, right = st.columns([3, 2], gap="medium")
+    with left:
+        st.subheader("What comes next")
+        c_n, c_log = st.columns([3, 1], vertical_alignment="bottom")
+        n = c_n.slider("Tokens to show", 5, 50, 10, key="nt_top_n")
+        log_scale = c_log.toggle("Log scale", key="nt_log_scale", help="Make the tiny probabilities visible.")
+        table = view.distribution_table(a, tok, n)
+        st.plotly_chart(view.distribution_figure(table, view.rest_of(a, n), a.cfg, log_scale), width="stretch",
+                        key="nt_chart")
+    with right:
+        st.subheader("The pipeline, top to bottom")
+        st.markdown(view.pipeline_markdown(view.stage_summaries(a)))
+        for warning in view.moot_warnings(a):
+            st.warning(warning, icon=":material/info:")
+        st.markdown(view.summary_markdown(a))
+        st.caption("Mass kept: the probability (after temperature) that the surviving tokens held; raw mass: the "
+                   "same tokens under the model's own distribution. Sample renormalises the survivors to 100 %. "
+                   "Entropy: 0 bits = one possible token; n bits ≈ as unsure as 2ⁿ equally likely tokens.")
+
+    st.dataframe(table, hide_index=True, width="stretch", key="nt_table",
+                 column_order=["rank", "token", "id", "logit", "raw probability", "filtered probability", "status"],
+                 column_config={"rank": st.column_config.NumberColumn(width="small"),
+                                "id": st.column_config.NumberColumn(width="small"),
+                                "logit": st.column_config.NumberColumn(format="%.3f", width="small"),
+                                "raw probability": st.column_config.NumberColumn(format="percent"),
+                                "filtered probability": st.column_config.NumberColumn(format="percent"),
+                                "status": st.column_config.TextColumn(width="medium")})
+    d1, d2, _ = st.columns([1, 1, 2])
+    d1.download_button(f"These {len(table)} rows (CSV)", view.csv_bytes(table), "next_token_top.csv", "text/csv",
+                       icon=":material/download:", key="nt_csv", on_click="ignore")
+    # Built only when clicked: the whole vocabulary is ~50k rows.
+    d2.download_button(f"All {a.vocab:,} tokens (CSV)", lambda: view.csv_bytes(view.distribution_table(a, tok)),
+                       "next_token_all.csv", "text/csv", icon=":material/download:", key="nt_csv_all",
+                       on_click="ignore")
+
+
+distribution(a)

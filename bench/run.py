@@ -1,0 +1,508 @@
+"""Sampling Lab's speed benchmark: `make bench` (or `PYTHONPATH=. python -m bench.run`).
+
+Every figure is measured in this one run, on this machine, methods alternated within each repeat,
+and reported as the median over repeats with [min–max]. Prints one table and writes bench/RESULTS.md.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import json
+import multiprocessing as mp
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+import core
+from core.runtime import approximate, configure_threads
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "RESULTS.md"
+NEW_TOKENS = 100
+PROMPTS = (5, 500)
+GREEDY = core.SamplingConfig(temperature=0)
+
+
+# ---------------------------------------------------------------- bookkeeping
+
+@dataclass
+class Row:
+    section: str
+    what: str
+    unit: str
+    values: list[float] = field(default_factory=list)
+    note: str = ""
+
+    def cell(self) -> str:
+        if not self.values:
+            return "n/a"
+        med = statistics.median(self.values)
+        fmt = _fmt(med)
+        if len(self.values) > 1:
+            return f"{fmt} [{_fmt(min(self.values))}–{_fmt(max(self.values))}]"
+        return fmt
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.values) if self.values else float("nan")
+
+
+def _fmt(x: float) -> str:
+    if x != x:
+        return "n/a"
+    if abs(x) >= 100:
+        return f"{x:.0f}"
+    if abs(x) >= 10:
+        return f"{x:.1f}"
+    return f"{x:.2f}" if abs(x) >= 0.1 else f"{x:.3f}"
+
+
+class Table:
+    def __init__(self) -> None:
+        self.rows: dict[tuple[str, str], Row] = {}
+
+    def add(self, section: str, what: str, unit: str, value: float, note: str = "") -> None:
+        row = self.rows.setdefault((section, what), Row(section, what, unit, note=note))
+        row.values.append(value)
+
+    def get(self, section: str, what: str) -> float:
+        row = self.rows.get((section, what))
+        return row.median if row else float("nan")
+
+    def markdown(self) -> str:
+        lines = ["| section | measurement | median [min–max] | unit | n |", "|---|---|---|---|---|"]
+        for r in self.rows.values():
+            lines.append(f"| {r.section} | {r.what}{' — ' + r.note if r.note else ''} | {r.cell()} | {r.unit} | "
+                         f"{len(r.values)} |")
+        return "\n".join(lines)
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------- machine
+
+def machine() -> dict[str, str]:
+    cpu = platform.processor() or "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    mem = "?"
+    try:
+        import psutil
+        mem = f"{psutil.virtual_memory().total / 2**30:.1f} GiB"
+    except ImportError:
+        pass
+    import transformers
+    return {"cpu": f"{cpu}, {os.cpu_count()} logical cores, avx512_bf16={'avx512_bf16' in flags}",
+            "memory": mem, "python": platform.python_version(), "torch": torch.__version__,
+            "transformers": transformers.__version__, "os": platform.platform(),
+            "load average at start": " ".join(f"{x:.2f}" for x in os.getloadavg())}
+
+
+# ---------------------------------------------------------------- memory bandwidth
+
+def read_bandwidth(threads: int, repeats: int = 7) -> list[float]:
+    """GB/s of a float32 sum over 512 MiB: far larger than the caches, so every byte comes from DRAM."""
+    configure_threads(threads)
+    x = torch.ones(128 * 2**20)
+    x.sum()
+    out = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        x.sum()
+        out.append(x.numel() * 4 / (time.perf_counter() - t) / 1e9)
+    return out
+
+
+def weight_bytes_per_token(model: torch.nn.Module) -> int:
+    """Bytes of weights one decode step reads: every matrix and vector once, except the embedding
+    tables, of which only one row is read (the tied LM head still reads the whole table once)."""
+    seen, total = set(), 0
+    for name, p in model.named_parameters(remove_duplicate=False):
+        key = (p.untyped_storage().data_ptr(), p.storage_offset(), tuple(p.shape))
+        if key in seen:
+            continue
+        seen.add(key)
+        if name in ("tok_emb.weight", "pos_emb.weight") and not (name == "tok_emb.weight" and model.cfg.tied_head):
+            total += p.shape[1] * p.element_size()
+        else:
+            total += p.numel() * p.element_size()
+    return total
+
+
+# ---------------------------------------------------------------- the three ways to generate
+
+def run_ours(lm: core.LanguageModel, ids: list[int]) -> tuple[float, float]:
+    """The public path the app uses: core.generate (KV cache, Steps with top-N candidates)."""
+    t0 = time.perf_counter()
+    stamps = [time.perf_counter() for _ in core.generate(lm, ids, GREEDY, NEW_TOKENS, stop_at_eos=False)]
+    assert len(stamps) == NEW_TOKENS, len(stamps)
+    return stamps[0] - t0, (len(stamps) - 1) / (stamps[-1] - stamps[0])
+
+
+def run_hf(hf_model, ids: list[int]) -> tuple[float, float]:
+    """transformers' generate, greedy, exactly NEW_TOKENS; a streamer timestamps every token."""
+    from transformers.generation.streamers import BaseStreamer
+
+    class Stamps(BaseStreamer):
+        def __init__(self) -> None:
+            self.t: list[float] = []
+
+        def put(self, value) -> None:
+            self.t.append(time.perf_counter())
+
+        def end(self) -> None:
+            pass
+
+    s = Stamps()
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        out = hf_model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                                max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False,
+                                streamer=s, pad_token_id=0)
+    assert out.shape[1] == len(ids) + NEW_TOKENS, out.shape
+    new = s.t[1:]  # put() #0 is the prompt
+    return new[0] - t0, (len(new) - 1) / (new[-1] - new[0])
+
+
+def run_tutorial(lm: core.LanguageModel, ids: list[int], sampled: bool) -> tuple[float, float]:
+    """The book's generate_text_simple: run the whole sequence (all positions' logits) for every token.
+
+    sampled=False runs all NEW_TOKENS steps. sampled=True (long prompts, where the real loop takes
+    minutes) times the step at 5 evenly spaced lengths and interpolates the cost of all the steps;
+    each step is the same full forward over prompt+i tokens, so this is the same loop, sampled."""
+    model = lm.model
+    seq = torch.tensor([ids])
+    with torch.inference_mode():
+        if not sampled:
+            t0 = time.perf_counter()
+            stamps = []
+            for _ in range(NEW_TOKENS):
+                logits = model(seq)[:, -1, :]
+                seq = torch.cat([seq, logits.argmax(-1, keepdim=True)], dim=1)
+                stamps.append(time.perf_counter())
+            return stamps[0] - t0, (len(stamps) - 1) / (stamps[-1] - stamps[0])
+        points = [0, 25, 50, 75, NEW_TOKENS - 1]
+        extra = torch.randint(0, lm.vocab_size, (1, NEW_TOKENS), generator=torch.Generator().manual_seed(1))
+        costs = []
+        for i in points:
+            x = torch.cat([seq, extra[:, :i]], dim=1)
+            t = time.perf_counter()
+            model(x)[:, -1, :].argmax(-1)
+            costs.append(time.perf_counter() - t)
+        per_step = [_interp(points, costs, i) for i in range(NEW_TOKENS)]
+        return per_step[0], (NEW_TOKENS - 1) / sum(per_step[1:])
+
+
+def _interp(xs: list[int], ys: list[float], x: int) -> float:
+    for (x0, y0), (x1, y1) in zip(zip(xs, ys), zip(xs[1:], ys[1:])):
+        if x0 <= x <= x1:
+            return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+    return ys[-1]
+
+
+# ---------------------------------------------------------------- the same weights in transformers
+
+def hf_gpt2_from_ours(lm: core.LanguageModel):
+    """GPT2LMHeadModel holding exactly our random GPT-2 124M weights (inverse of gpt2_state_from_hf)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    c = lm.model.cfg
+    hf_cfg = GPT2Config(vocab_size=c.vocab_size, n_positions=c.context_length, n_embd=c.emb_dim,
+                        n_layer=c.n_layers, n_head=c.n_heads, layer_norm_epsilon=c.norm_eps,
+                        tie_word_embeddings=True)
+    with torch.device("meta"):
+        hf = GPT2LMHeadModel(hf_cfg)
+    hf.load_state_dict(hf_gpt2_state(lm.model.state_dict(), c.n_layers), strict=False, assign=True)
+    hf.tie_weights()
+    for name, buf in list(hf.named_buffers()):
+        if buf.is_meta:
+            raise RuntimeError(f"transformers GPT-2 buffer {name} was not filled")
+    return hf.eval().requires_grad_(False)
+
+
+def hf_gpt2_state(ours: dict[str, torch.Tensor], n_layers: int) -> dict[str, torch.Tensor]:
+    """Our names -> Hugging Face GPT2LMHeadModel's; Conv1D weights are stored (in, out)."""
+    def c(t: torch.Tensor) -> torch.Tensor:
+        return t.contiguous()
+
+    out = {"transformer.wte.weight": c(ours["tok_emb.weight"]), "transformer.wpe.weight": c(ours["pos_emb.weight"]),
+           "transformer.ln_f.weight": ours["final_norm.weight"], "transformer.ln_f.bias": ours["final_norm.bias"],
+           "lm_head.weight": c(ours["tok_emb.weight"])}
+    for i in range(n_layers):
+        p, q = f"transformer.h.{i}.", f"blocks.{i}."
+        for dst, src, transpose in [("ln_1", "norm1", False), ("ln_2", "norm2", False),
+                                    ("attn.c_attn", "att.qkv", True), ("attn.c_proj", "att.out_proj", True),
+                                    ("mlp.c_fc", "ff.0", True), ("mlp.c_proj", "ff.2", True)]:
+            w = ours[f"{q}{src}.weight"]
+            out[f"{p}{dst}.weight"] = c(w.t() if transpose else w)
+            out[f"{p}{dst}.bias"] = ours[f"{q}{src}.bias"]
+    return out
+
+
+def hf_smollm2():
+    """transformers' own GGUF loader on the bundled file (dequantised to float32)."""
+    from transformers import AutoModelForCausalLM
+
+    from core.loading import _smollm2_path
+    path = _smollm2_path()
+    return AutoModelForCausalLM.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path),
+                                                dtype=torch.float32).eval().requires_grad_(False)
+
+
+# ---------------------------------------------------------------- decode benchmark
+
+def bench_generation(table: Table, label: str, lm: core.LanguageModel, hf_model, repeats: int,
+                     lm_bf16: core.LanguageModel | None) -> None:
+    gen = torch.Generator().manual_seed(0)
+    for plen in PROMPTS:
+        ids = torch.randint(0, lm.vocab_size, (plen,), generator=gen).tolist()
+        # one untimed warm-up of each, then alternate the methods inside every repeat
+        run_ours(lm, ids[:5])
+        run_hf(hf_model, ids[:5])
+        methods: list[tuple[str, Callable[[], tuple[float, float]]]] = [
+            ("tutorial loop", lambda: run_tutorial(lm, ids, sampled=plen > 100)),
+            ("transformers generate", lambda: run_hf(hf_model, ids)),
+            ("ours (core.generate)", lambda: run_ours(lm, ids)),
+        ]
+        if lm_bf16 is not None:
+            methods.append(("ours bf16 (approximate)", lambda: run_ours(lm_bf16, ids)))
+        for r in range(repeats):
+            for name, fn in methods:
+                if name == "tutorial loop" and plen > 100 and r >= 2:
+                    continue  # sampled; two repeats keep the run short
+                gc.collect()
+                ttft, tps = fn()
+                sec = f"{label}, prompt {plen}"
+                note = "5 sampled lengths, interpolated" if name == "tutorial loop" and plen > 100 else ""
+                table.add(sec, f"{name}: decode", "tok/s", tps, note)
+                table.add(sec, f"{name}: time to first token", "ms", ttft * 1e3)
+            log(f"{label} prompt {plen} repeat {r + 1}/{repeats} done")
+
+
+def bare_decode_ms(lm: core.LanguageModel, ctx: int, steps: int = 30) -> list[float]:
+    """Model-only decode step (no sampling, no Step building), ms per step, at a ctx-token context."""
+    m = lm.model
+    with torch.inference_mode():
+        cache = m.new_cache(1, ctx + steps + 1)
+        m(torch.randint(0, lm.vocab_size, (1, ctx), generator=torch.Generator().manual_seed(2)), cache, last_only=True)
+        x = torch.tensor([[11]])
+        out = []
+        for _ in range(steps):
+            t = time.perf_counter()
+            m(x, cache, last_only=True)
+            out.append((time.perf_counter() - t) * 1e3)
+    return out
+
+
+# ---------------------------------------------------------------- threads
+
+def _busy(stop_at: float) -> None:
+    while time.time() < stop_at:
+        pass
+
+
+def bench_threads(table: Table, lm: core.LanguageModel, label: str) -> None:
+    """Decode ms/step with 1 and 2 torch threads, idle and with a busy loop in another process."""
+    for busy in (False, True):
+        proc = None
+        if busy:
+            proc = mp.get_context("spawn").Process(target=_busy, args=(time.time() + 120,), daemon=True)
+            proc.start()
+            time.sleep(0.5)
+        try:
+            for _ in range(2):
+                for n in (1, 2):
+                    configure_threads(n)
+                    ms = statistics.median(bare_decode_ms(lm, 100, steps=15))
+                    table.add("threads", f"{label} decode step, {n} thread{'s' * (n > 1)}, "
+                              f"{'other core busy' if busy else 'no extra load'}", "ms", ms)
+        finally:
+            if proc is not None:
+                proc.terminate()
+                proc.join()
+
+
+# ---------------------------------------------------------------- load time and memory
+
+_LOAD_CHILD = r"""
+import json, sys, time, psutil, torch
+sys.path.insert(0, {root!r})
+import core
+from core.runtime import configure_threads
+configure_threads()
+t = time.perf_counter()
+lm = core.load_model(None, cache_dir={cache!r})
+dt = time.perf_counter() - t
+lm.next_token_logits([1, 2, 3])
+print(json.dumps({{"load_s": dt, "rss_mb": psutil.Process().memory_info().rss / 2**20}}))
+"""
+
+
+def bench_load(table: Table, repeats: int) -> None:
+    with tempfile.TemporaryDirectory(prefix="sampling-lab-bench-cache-") as cache:
+        for i in range(1 + repeats):
+            code = _LOAD_CHILD.format(root=str(ROOT), cache=cache)
+            res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+            r = json.loads(res.stdout.strip().splitlines()[-1])
+            kind = "cold (parse GGUF + dequantise + write float32 cache)" if i == 0 else "cached (float32 safetensors)"
+            table.add("load (default model SmolLM2-135M)", f"{kind}", "s", r["load_s"])
+            table.add("load (default model SmolLM2-135M)", f"resident memory after load + one forward, {kind.split()[0]}",
+                      "MiB", r["rss_mb"])
+
+
+# ---------------------------------------------------------------- slider move
+
+def bench_slider(table: Table, lm: core.LanguageModel, label: str, repeats: int = 30) -> None:
+    """Server work of a slider move on the Next-token page: filter cached logits, build the table,
+    the chart's figure and its JSON (the model never runs: logits are cached)."""
+    from ui import next_token_view as view
+
+    logits = lm.next_token_logits(lm.tokenizer.encode("Every effort moves you")).numpy()
+    temps = [0.3, 0.7, 1.0, 1.3, 1.8]
+    cfgs = [core.SamplingConfig(temperature=t, top_k=40 if i % 2 else None, top_p=0.9 if i % 3 else 1.0,
+                                min_p=0.05 if i % 4 == 1 else 0.0) for i, t in enumerate(temps)]
+    for r in range(repeats):
+        cfg = cfgs[r % len(cfgs)]
+        t0 = time.perf_counter()
+        a = view.analyze(logits, cfg)
+        top = view.distribution_table(a, lm.tokenizer, 10)
+        view.stage_summaries(a)
+        view.moot_warnings(a)
+        t1 = time.perf_counter()
+        fig = view.distribution_figure(top, view.rest_of(a, 10), cfg, False)
+        fig.to_json()
+        t2 = time.perf_counter()
+        if r >= 3:  # warm-up: first plotly figure imports and validates its schema
+            table.add("slider move", f"{label}: filter cached logits + build table data", "ms", (t1 - t0) * 1e3)
+            table.add("slider move", f"{label}: + plotly figure and its JSON", "ms", (t2 - t0) * 1e3)
+
+
+# ---------------------------------------------------------------- main
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads for the generation table "
+                    "(default: core.runtime.configure_threads(), i.e. $SAMPLING_LAB_THREADS or 1)")
+    ap.add_argument("--no-write", action="store_true", help="print only; leave bench/RESULTS.md alone")
+    args = ap.parse_args()
+    started = time.perf_counter()
+    info = machine()
+    table = Table()
+
+    log("memory bandwidth")
+    bw = {n: read_bandwidth(n) for n in (1, 2)}
+    for n, vals in bw.items():
+        for v in vals:
+            table.add("bandwidth", f"memory read, {n} thread{'s' * (n > 1)} (sum of 512 MiB float32)", "GB/s", v)
+    best_bw = max(statistics.median(v) for v in bw.values())
+
+    threads = configure_threads(args.threads)
+    info["torch threads (generation)"] = str(threads)
+
+    models = [("GPT-2 124M random", lambda: core.load_model("random:gpt2"), hf_gpt2_from_ours),
+              ("SmolLM2-135M", lambda: core.load_model("smollm2"), lambda lm: hf_smollm2())]
+    for label, load_ours, load_hf in models:
+        log(f"{label}: loading ours and transformers'")
+        lm = load_ours()
+        hf_model = load_hf(lm)
+        lm_bf16 = approximate(lm)
+        configure_threads(threads)
+        bench_generation(table, label, lm, hf_model, args.repeats, lm_bf16)
+        log(f"{label}: bare decode and bandwidth share")
+        for _ in range(args.repeats):
+            for name, m in (("ours", lm), ("ours bf16", lm_bf16)):
+                ms = statistics.median(bare_decode_ms(m, 5))
+                table.add(f"{label}, ceiling", f"{name}: model-only decode step (ctx 5)", "ms", ms)
+        nbytes = weight_bytes_per_token(lm.model)
+        ceiling = best_bw * 1e9 / nbytes
+        table.add(f"{label}, ceiling", f"weights read per token", "MB", nbytes / 1e6)
+        table.add(f"{label}, ceiling", "bandwidth ceiling (best read GB/s ÷ bytes per token)", "tok/s", ceiling)
+        for plen in PROMPTS:
+            ours = table.get(f"{label}, prompt {plen}", "ours (core.generate): decode")
+            table.add(f"{label}, ceiling", f"ours (core.generate) at prompt {plen} as share of ceiling", "%",
+                      100 * ours / ceiling)
+        table.add(f"{label}, ceiling", "ours model-only (ctx 5) as share of ceiling", "%",
+                  100 * (1e3 / table.get(f"{label}, ceiling", "ours: model-only decode step (ctx 5)")) / ceiling)
+        if label.startswith("GPT-2"):
+            log("threads")
+            bench_threads(table, lm, label)
+            configure_threads(threads)
+        else:
+            log("slider move")
+            bench_slider(table, lm, label)
+        del lm, hf_model, lm_bf16
+        gc.collect()
+
+    log("load time")
+    bench_load(table, repeats=args.repeats)
+
+    summary = targets(table)
+    elapsed = time.perf_counter() - started
+    info["load average at end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    info["bench wall time"] = f"{elapsed / 60:.1f} min"
+    text = report(info, table, summary)
+    print(text)
+    if not args.no_write:
+        RESULTS.write_text(text)
+        log(f"wrote {RESULTS.relative_to(ROOT)}")
+
+
+def targets(t: Table) -> list[tuple[str, str, bool]]:
+    out = []
+    for label in ("GPT-2 124M random", "SmolLM2-135M"):
+        for plen in PROMPTS:
+            sec = f"{label}, prompt {plen}"
+            ours = t.get(sec, "ours (core.generate): decode")
+            hf = t.get(sec, "transformers generate: decode")
+            tut = t.get(sec, "tutorial loop: decode")
+            out.append((f"{label}, prompt {plen}: ours ≥ 1.3× transformers", f"{ours / hf:.2f}×", ours / hf >= 1.3))
+            need = 5 if plen == 5 else 25
+            out.append((f"{label}, prompt {plen}: ours ≥ {need}× tutorial loop", f"{ours / tut:.1f}×", ours / tut >= need))
+        for plen in PROMPTS:
+            share = t.get(f"{label}, ceiling", f"ours (core.generate) at prompt {plen} as share of ceiling")
+            out.append((f"{label}, prompt {plen}: ours ≥ 60% of bandwidth ceiling", f"{share:.0f}%", share >= 60))
+    cached = t.get("load (default model SmolLM2-135M)", "cached (float32 safetensors)")
+    out.append(("cached load of the default model < 2 s", f"{cached:.2f} s", cached < 2))
+    slider = t.get("slider move", "SmolLM2-135M: + plotly figure and its JSON")
+    out.append(("slider move < 20 ms of server work", f"{slider:.1f} ms", slider < 20))
+    return out
+
+
+def report(info: dict[str, str], table: Table, summary: list[tuple[str, str, bool]]) -> str:
+    when = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
+    lines = [f"# Sampling Lab benchmark ({when})", "",
+             "Command: `make bench` (= `PYTHONPATH=. .venv/bin/python -m bench.run`); bench-only dependencies: "
+             "`pip install -r requirements-bench.txt`.", "",
+             "## Machine", ""]
+    lines += [f"- {k}: {v}" for k, v in info.items()]
+    lines += ["", "## Targets", "", "| target | measured | met |", "|---|---|---|"]
+    lines += [f"| {name} | {val} | {'yes' if ok else '**no**'} |" for name, val, ok in summary]
+    lines += ["", "## Table", "",
+              f"Greedy decoding, {NEW_TOKENS} new tokens, float32 unless marked bf16. Decode tok/s = tokens 2..{NEW_TOKENS} "
+              "÷ their wall time; time to first token includes the prompt's forward pass. Each repeat runs "
+              "the methods one after another, so they share the machine's state.", "",
+              table.markdown(), ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

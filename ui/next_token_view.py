@@ -1,0 +1,431 @@
+"""The "Next token" page's logic: the distribution table, the chart, the pipeline tables and the
+step-by-step continuation. Pure functions (no Streamlit import) so tests can call them directly.
+"""
+from __future__ import annotations
+
+import codecs
+import math
+from collections.abc import MutableMapping, Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import torch
+from torch import Tensor
+
+import core
+from ui.format import escape_html, show_token
+
+STEPS_KEY = "nt_steps"        # session_state: list of Pick dicts, one per appended token
+CONTEXT_KEY = "nt_context"    # session_state: (model, prompt, mode) the steps belong to
+
+RAW_COLOR = "#9fb7d6"
+FILTERED_COLOR = "#1f5fbf"
+REMOVED_COLOR = "#c4c4c4"
+
+
+# --- numbers for people ----------------------------------------------------------------------
+
+def fmt_prob(p: float) -> str:
+    """A probability as a percentage that never shows a kept token as "0.0 %"."""
+    if p <= 0:
+        return "0 %"
+    if p >= 0.999995:
+        return "100 %"
+    pct = p * 100
+    if pct >= 0.1:
+        return f"{pct:.1f} %"
+    return f"{pct:.2g} %"
+
+
+def plotly_text(text: str) -> str:
+    """Escape for Plotly's pseudo-HTML labels (it decodes only &amp; &lt; &gt; and numeric entities)."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+# --- the distribution, analysed once per rerun ------------------------------------------------
+
+@dataclass(frozen=True, eq=False)
+class Analysis:
+    """Everything the page draws for one (logits, settings) pair."""
+
+    logits: Tensor              # raw float32 logits (V,)
+    cfg: core.SamplingConfig
+    stages: list[core.Stage]    # raw, temperature, top-k, top-p, min-p
+    order: Tensor               # token ids by descending raw logit (stable: ties go to the lower id)
+
+    @property
+    def raw_probs(self) -> Tensor:
+        return self.stages[0].probs
+
+    @property
+    def probs(self) -> Tensor:
+        """The final filtered distribution: exactly core.probabilities(logits, cfg)."""
+        return self.stages[-1].probs
+
+    @property
+    def vocab(self) -> int:
+        return self.logits.shape[-1]
+
+    @property
+    def kept(self) -> int:
+        return int(self.stages[-1].kept)
+
+
+def analyze(logits: np.ndarray | Tensor, cfg: core.SamplingConfig) -> Analysis:
+    """Run the sampling pipeline on one row of raw logits (never modified)."""
+    # numpy input is copied: arrays from st.cache_data may be read-only, which torch warns about.
+    x = torch.from_numpy(np.array(logits, dtype=np.float32)) if isinstance(logits, np.ndarray) else logits.float()
+    if x.dim() != 1:
+        raise ValueError(f"expected one row of logits (V,), got shape {tuple(x.shape)}")
+    stages = core.pipeline(x, cfg)
+    order = torch.sort(x, descending=True, stable=True).indices
+    return Analysis(logits=x, cfg=cfg, stages=stages, order=order)
+
+
+def ranks(a: Analysis, ids: Tensor) -> Tensor:
+    """1-based rank of each id under the raw logits; ties share the best rank (as core.sampling.rank_of).
+
+    Binary search in the sorted logits: O(n log V), where rank_of compares every pair (fine for a few ids,
+    not for the whole vocabulary).
+    """
+    ids = torch.as_tensor(ids, dtype=torch.long)
+    ascending = a.logits[a.order.flip(0)].contiguous()
+    greater = a.vocab - torch.searchsorted(ascending, a.logits[ids].contiguous(), right=True)
+    return greater + 1
+
+
+def removed_by(a: Analysis, ids: Tensor) -> list[str | None]:
+    """For each id, the first stage whose output gives it probability 0 (None if it is still kept)."""
+    ids = torch.as_tensor(ids, dtype=torch.long)
+    out = np.full(len(ids), None, dtype=object)
+    for stage in a.stages[1:]:
+        newly = (stage.probs[ids] == 0).numpy() & (out == None)  # noqa: E711 (elementwise on an object array)
+        out[newly] = stage.name
+    return out.tolist()
+
+
+def status_text(stage: str | None, cfg: core.SamplingConfig) -> str:
+    """What happened to a token, in words (stage from removed_by)."""
+    if stage is None:
+        return "kept"
+    if stage == "temperature":
+        if cfg.greedy:
+            return "removed by greedy (T = 0)"
+        # T > 0 never removes a token on purpose: its probability underflowed float32.
+        return f"rounds to 0 at T = {cfg.temperature:g}"
+    return f"removed by {stage}"
+
+
+def settings_label(cfg: core.SamplingConfig) -> str:
+    """Short description of the active settings, e.g. "T = 0.7, top-p 0.9"."""
+    parts = ["T = 0 (greedy)" if cfg.greedy else f"T = {cfg.temperature:g}"]
+    if cfg.top_k:
+        parts.append(f"top-k {cfg.top_k}")
+    if cfg.top_p < 1:
+        parts.append(f"top-p {cfg.top_p:g}")
+    if cfg.min_p > 0:
+        parts.append(f"min-p {cfg.min_p:g}")
+    return ", ".join(parts)
+
+
+def token_labels(tokenizer: core.Tokenizer, ids: Sequence[int]) -> list[str]:
+    """Readable, unique labels: a label shared by two ids gets " #id" (a chart axis would merge them)."""
+    labels = [show_token(tokenizer.token_text(int(i))) for i in ids]
+    seen: dict[str, int] = {}
+    for lab in labels:
+        seen[lab] = seen.get(lab, 0) + 1
+    return [f"{lab} #{int(i)}" if seen[lab] > 1 else lab for lab, i in zip(labels, ids)]
+
+
+COLUMNS = ["rank", "token", "id", "logit", "raw probability", "filtered probability", "status", "text"]
+
+
+def distribution_table(a: Analysis, tokenizer: core.Tokenizer, n: int | None = None) -> pd.DataFrame:
+    """The n most likely tokens (all of them when n is None), most likely first.
+
+    "filtered probability" is core.probabilities(logits, cfg) itself; "rank" is 1-based under the
+    raw logits (ties share the best rank); "text" is the exact token text, "token" its readable label.
+    """
+    ids = a.order if n is None else a.order[:max(0, min(n, a.vocab))]
+    stages = removed_by(a, ids)
+    return pd.DataFrame({
+        "rank": ranks(a, ids).numpy().astype(np.int64),
+        "token": token_labels(tokenizer, ids.tolist()),
+        "id": ids.numpy().astype(np.int64),
+        "logit": a.logits[ids].numpy(),
+        "raw probability": a.raw_probs[ids].numpy(),
+        "filtered probability": a.probs[ids].numpy(),
+        "status": [status_text(s, a.cfg) for s in stages],
+        "text": [tokenizer.token_text(int(i)) for i in ids.tolist()],
+    }, columns=COLUMNS)
+
+
+def csv_bytes(df: pd.DataFrame) -> bytes:
+    """CSV with full float precision (UTF-8, so the readable labels survive)."""
+    return df.to_csv(index=False, float_format="%.9g").encode("utf-8")
+
+
+@dataclass(frozen=True)
+class Rest:
+    """The tokens below the top n, summed into one bar."""
+
+    count: int
+    kept: int
+    raw_mass: float
+    filtered_mass: float
+
+
+def rest_of(a: Analysis, n: int) -> Rest:
+    """Everything below the top n, from totals minus the top (no pass over the ~50k-token tail)."""
+    top = a.order[:n]
+    count = a.vocab - len(top)
+    if count == 0:
+        return Rest(0, 0, 0.0, 0.0)
+    filtered = a.probs[top]
+    # float64 totals: the tail mass is exact to ~1e-16; max() keeps rounding from going negative.
+    raw_mass = float(a.raw_probs.double().sum() - a.raw_probs[top].double().sum())
+    filtered_mass = float(a.probs.double().sum() - filtered.double().sum())
+    kept = a.kept - int((filtered > 0).sum())
+    return Rest(count=count, kept=kept, raw_mass=max(0.0, raw_mass),
+                filtered_mass=max(0.0, filtered_mass) if kept else 0.0)
+
+
+def _short_status(status: str) -> str:
+    return status.replace("removed by greedy (T = 0)", "removed: greedy (T = 0)")
+
+
+def distribution_figure(top: pd.DataFrame, rest: Rest, cfg: core.SamplingConfig,
+                        log_scale: bool = False) -> go.Figure:
+    """Horizontal grouped bars, most likely token on top: the model's raw probability next to the
+    probability after the settings. Removed tokens get a grey hatched raw bar labelled with the stage
+    that removed them; the last bar holds every other token's mass."""
+    labels = [plotly_text(t) for t in top["token"]]
+    raw = top["raw probability"].astype(float).tolist()
+    filt = top["filtered probability"].astype(float).tolist()
+    status = top["status"].tolist()
+    removed = [s != "kept" for s in status]
+    hover = [[lab, int(i), f"{lg:.3f}", fmt_prob(r), fmt_prob(f), plotly_text(s)]
+             for lab, i, lg, r, f, s in zip(labels, top["id"], top["logit"], raw, filt, status)]
+
+    if rest.count:
+        other = f"all other {rest.count:,} tokens"
+        labels.append(other)
+        raw.append(rest.raw_mass)
+        filt.append(rest.filtered_mass)
+        removed.append(rest.kept == 0)
+        status.append("all kept" if rest.kept == rest.count else "none kept" if rest.kept == 0
+                      else f"{rest.kept:,} kept")
+        hover.append([other, "—", "—", fmt_prob(rest.raw_mass), fmt_prob(rest.filtered_mass), status[-1]])
+
+    n = len(labels)
+    is_other = [bool(rest.count) and i == n - 1 for i in range(n)]
+    raw_colors = [REMOVED_COLOR if r else RAW_COLOR for r in removed]
+    raw_patterns = ["/" if r else ("." if o else "") for r, o in zip(removed, is_other)]
+    raw_text = [_short_status(s) if (r or o) else "" for s, r, o in zip(status, removed, is_other)]
+    filt_text = [fmt_prob(f) if f > 0 else "" for f in filt]
+    template = ("<b>%{customdata[0]}</b>  id %{customdata[1]}<br>logit %{customdata[2]}<br>"
+                "raw %{customdata[3]} → after settings %{customdata[4]}<br>%{customdata[5]}<extra></extra>")
+
+    fig = go.Figure()
+    fig.add_bar(name="model (raw: T = 1, no filters)", y=labels, x=raw, orientation="h",
+                marker=dict(color=raw_colors, pattern=dict(shape=raw_patterns, fgcolor="#6b6b6b", size=6)),
+                text=raw_text, textposition="outside", cliponaxis=False, textfont=dict(color="#555"),
+                customdata=hover, hovertemplate=template)
+    fig.add_bar(name=f"after your settings ({settings_label(cfg)}): what Sample draws from", y=labels, x=filt,
+                orientation="h", marker=dict(color=FILTERED_COLOR, pattern=dict(shape=["." if o else "" for o in is_other])),
+                text=filt_text, textposition="outside", cliponaxis=False,
+                customdata=hover, hovertemplate=template)
+
+    top_value = max([*raw, *filt, 1e-12])
+    xaxis: dict = dict(title="probability", tickformat=".0%" if not log_scale else None, gridcolor="rgba(128,128,128,0.2)")
+    if log_scale:
+        positive = [v for v in [*raw, *filt] if v > 0]
+        low = math.log10(max(min(positive), 1e-12)) - 0.3
+        xaxis.update(type="log", range=[low, math.log10(top_value) + 0.6], exponentformat="power")
+    else:
+        # Room to the right of the longest bar for its label.
+        xaxis.update(range=[0, min(1.0, top_value) * 1.3])
+    fig.update_layout(
+        barmode="group", bargap=0.25, bargroupgap=0.05, height=110 + 34 * n,
+        margin=dict(l=10, r=30, t=40, b=40),
+        legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="left", x=0),
+        # Categories, not numbers: a token like "2024" must not turn the axis numeric.
+        yaxis=dict(type="category", autorange="reversed", automargin=True, tickfont=dict(size=14)),
+        xaxis=xaxis, uniformtext=dict(minsize=9, mode="show"),
+    )
+    return fig
+
+
+# --- the pipeline strip ----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class StageSummary:
+    name: str
+    label: str
+    active: bool
+    kept: int
+    mass_kept: float       # probability (at this temperature) of the tokens still in play
+    raw_mass_kept: float   # the same tokens' probability under the raw distribution
+
+
+def stage_summaries(a: Analysis) -> list[StageSummary]:
+    return [StageSummary(s.name, s.label, s.active, int(s.kept), float(s.mass_kept), float(s.raw_mass_kept))
+            for s in a.stages]
+
+
+def pipeline_markdown(summaries: Sequence[StageSummary]) -> str:
+    """Trusted Markdown table of the stages in order (only numbers and core's labels, never model text)."""
+    rows = ["| stage | tokens kept | mass kept | raw mass |", "|---|--:|--:|--:|"]
+    for s in summaries:
+        label = f"**{s.label}**" if s.active or s.name == "raw" else f":gray[{s.label}]"
+        rows.append(f"| {label} | {s.kept:,} | {fmt_prob(s.mass_kept)} | {fmt_prob(s.raw_mass_kept)} |")
+    return "\n".join(rows)
+
+
+def summary_markdown(a: Analysis) -> str:
+    """Trusted Markdown table: the raw distribution next to the one Sample draws from."""
+    h, h_raw = entropy_bits(a.probs), entropy_bits(a.raw_probs)
+    return "\n".join([
+        "| | raw model | after settings |", "|---|--:|--:|",
+        f"| tokens in play | {a.vocab:,} | **{a.kept:,}** |",
+        f"| entropy | {h_raw:.2f} bits | **{h:.2f} bits** |",
+        f"| top choice | {fmt_prob(float(a.raw_probs.max()))} | **{fmt_prob(float(a.probs.max()))}** |",
+    ])
+
+
+def moot_warnings(a: Analysis) -> list[str]:
+    return core.moot_warnings(a.stages)
+
+
+def entropy_bits(probs: Tensor) -> float:
+    return max(0.0, float(core.entropy(probs)))   # a one-hot row gives -0.0
+
+
+# --- picking the next token ------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Pick:
+    """One appended token and how it was chosen."""
+
+    token_id: int
+    text: str
+    kind: str            # "sampled" or "chosen"
+    rank: int            # 1-based under the raw logits
+    vocab: int
+    prob: float          # under the settings it was picked with
+    raw_prob: float
+    kept: int            # tokens in play under those settings
+    status: str          # status_text for this token under those settings
+    greedy: bool
+    settings: str        # settings_label at the time
+
+    def message(self) -> str:
+        """Plain text (not Markdown): what was picked and whether it was the top choice."""
+        tok = show_token(self.text)
+        where = f"rank {self.rank:,} of {self.vocab:,}, p = {fmt_prob(self.prob)}"
+        if self.kind == "sampled":
+            if self.greedy:
+                return f"Sampled '{tok}' — {where}: temperature 0 always takes the top choice."
+            if self.rank == 1:
+                return f"Sampled '{tok}' — {where}: the top choice (greedy would pick it too)."
+            return f"Sampled '{tok}' — {where}: a random draw, not the top choice."
+        text = f"You appended '{tok}' — {where} under {self.settings} (raw {fmt_prob(self.raw_prob)})"
+        if self.prob == 0:
+            return text + f": {self.status}, so Sample could never draw it."
+        return text + (": the top choice." if self.rank == 1 else ".")
+
+
+def make_pick(a: Analysis, tokenizer: core.Tokenizer, token_id: int, kind: str) -> Pick:
+    tid = int(token_id)
+    ids = torch.tensor([tid])
+    return Pick(token_id=tid, text=tokenizer.token_text(tid), kind=kind, rank=int(ranks(a, ids)[0]),
+                vocab=a.vocab, prob=float(a.probs[tid]), raw_prob=float(a.raw_probs[tid]), kept=a.kept,
+                status=status_text(removed_by(a, ids)[0], a.cfg), greedy=a.cfg.greedy,
+                settings=settings_label(a.cfg))
+
+
+def sample_token(a: Analysis, step: int) -> int:
+    """Draw with the sidebar seed + the number of tokens already appended: the same prompt, settings
+    and seed give the same continuation every time."""
+    seed = None if a.cfg.seed is None else a.cfg.seed + step
+    return int(core.sample(a.probs, generator=core.make_generator(seed)))
+
+
+# --- the continuation, kept in session state -------------------------------------------------
+
+def steps(state: MutableMapping) -> list[Pick]:
+    return [Pick(**d) for d in state.get(STEPS_KEY, [])]
+
+
+def appended_ids(state: MutableMapping) -> list[int]:
+    return [d["token_id"] for d in state.get(STEPS_KEY, [])]
+
+
+def sync_context(state: MutableMapping, context: tuple) -> None:
+    """Forget the continuation when the model, prompt or prompt mode changed."""
+    if state.get(CONTEXT_KEY) != context:
+        state[CONTEXT_KEY] = context
+        state[STEPS_KEY] = []
+
+
+def append_pick(state: MutableMapping, pick: Pick) -> None:
+    # A new list, not .append: session state values are replaced, never mutated in place.
+    state[STEPS_KEY] = [*state.get(STEPS_KEY, []), asdict(pick)]
+
+
+def undo(state: MutableMapping) -> None:
+    state[STEPS_KEY] = list(state.get(STEPS_KEY, []))[:-1]
+
+
+def reset(state: MutableMapping) -> None:
+    state[STEPS_KEY] = []
+
+
+def on_sample(state: MutableMapping, a: Analysis, tokenizer: core.Tokenizer) -> None:
+    """Button callback: draw one token with the current settings and append it."""
+    tid = sample_token(a, len(state.get(STEPS_KEY, [])))
+    append_pick(state, make_pick(a, tokenizer, tid, "sampled"))
+
+
+def on_choose(state: MutableMapping, a: Analysis, tokenizer: core.Tokenizer, token_id: int | None = None,
+              widget_key: str | None = None) -> None:
+    """Button callback: append a token the user chose (given, or read from a selectbox's key)."""
+    tid = token_id if token_id is not None else state.get(widget_key)
+    if tid is not None:
+        append_pick(state, make_pick(a, tokenizer, int(tid), "chosen"))
+
+
+def text_pieces(tokenizer: core.Tokenizer, ids: Sequence[int]) -> list[str]:
+    """Each token's share of the decoded text; a character split across tokens goes to the last one."""
+    dec = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    pieces = [dec.decode(tokenizer.token_bytes(int(i))) for i in ids]
+    if pieces:
+        pieces[-1] += dec.decode(b"", final=True)
+    return pieces
+
+
+def text_so_far_html(prompt_text: str, pieces: Sequence[str]) -> str:
+    """The prompt (dimmed) and the appended tokens (highlighted, alternating shades): every piece
+    of text is escaped, because model and user text are untrusted."""
+    spans = "".join(
+        f'<span style="background:rgba(31,95,191,{0.16 if i % 2 == 0 else 0.30});border-radius:3px;'
+        f'padding:1px 0" title="step {i + 1}">{escape_html(p)}</span>' for i, p in enumerate(pieces))
+    return ('<div style="white-space:pre-wrap;word-break:break-word;font-family:ui-monospace,SFMono-Regular,'
+            'Menlo,Consolas,monospace;font-size:0.95rem;line-height:1.6;padding:0.6rem 0.8rem;max-height:14rem;'
+            'overflow-y:auto;border:1px solid rgba(128,128,128,0.35);border-radius:0.5rem">'
+            f'<span style="opacity:0.65">{escape_html(prompt_text)}</span>{spans}'
+            '<span style="opacity:0.5">▌</span></div>')
+
+
+def history_table(picks: Sequence[Pick]) -> pd.DataFrame:
+    return pd.DataFrame({
+        "step": list(range(1, len(picks) + 1)),
+        "token": [show_token(p.text) for p in picks],
+        "how": [p.kind for p in picks],
+        "rank": [p.rank for p in picks],
+        "p (settings then)": [p.prob for p in picks],
+        "raw p": [p.raw_prob for p in picks],
+        "settings": [p.settings for p in picks],
+    })
