@@ -1,15 +1,21 @@
-"""Sampling Lab: router plus the shared sidebar. Pages live in pages/; caching lives in ui/bridge.py."""
+"""Sampling Lab: router plus the shared sidebar. Pages live in app_pages/; caching lives in ui/bridge.py.
+
+(Not `pages/`: Streamlit treats a `pages/` folder beside the main script as a legacy multipage app, which
+runs a deep-linked page without this router on a fresh server.)
+"""
 import streamlit as st
 
+from core.runtime import configure_threads
 from ui.controls import render_sidebar
 
-st.set_page_config(page_title="Sampling Lab", page_icon="🎲", layout="wide")
+st.set_page_config(page_title="Sampling Lab", page_icon=":material/casino:", layout="wide")
+configure_threads()  # one torch thread: two collapse when the other core is busy (bench/RESULTS.md)
 
 pages = [
-    st.Page("pages/next_token.py", title="Next token", icon="📊", default=True),
-    st.Page("pages/side_by_side.py", title="Temperatures side by side", icon="🌡️"),
-    st.Page("pages/generate.py", title="Generate", icon="✍️"),
-    st.Page("pages/lesson.py", title="How sampling works", icon="🎓"),
+    st.Page("app_pages/next_token.py", title="Next token", icon=":material/bar_chart:", default=True),
+    st.Page("app_pages/side_by_side.py", title="Temperatures side by side", icon=":material/thermostat:"),
+    st.Page("app_pages/generate.py", title="Generate", icon=":material/edit_note:"),
+    st.Page("app_pages/lesson.py", title="How sampling works", icon=":material/school:"),
 ]
 page = st.navigation(pages)
 st.session_state["_settings"] = render_sidebar()

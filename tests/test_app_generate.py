@@ -3,12 +3,10 @@ from __future__ import annotations
 
 import json
 import re
-import types
 from pathlib import Path
 
 import pytest
 import streamlit as st
-import streamlit.runtime.scriptrunner.script_runner as script_runner
 from streamlit.testing.v1 import AppTest
 
 import ui.controls
@@ -16,24 +14,13 @@ from ui import bridge
 from ui import generate_view as gv
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
-PAGE = "pages/generate.py"
 
 
 @pytest.fixture
-def at(monkeypatch: pytest.MonkeyPatch) -> AppTest:
+def at(open_page) -> AppTest:
     """A fresh app on the Generate page, sidebar on the tiny model, max 6 new tokens."""
-    monkeypatch.setenv("SAMPLING_LAB_TEST_MODEL", "gpt2-tiny")
-    monkeypatch.setattr(ui.controls, "TEST_MODEL", "gpt2-tiny")   # the module may be imported already
-    # AppTest resets PagesManager.uses_pages_directory before every run, and with a folder named pages/
-    # it then runs a switched-to page on its own (Streamlit's v1 multipage mode), skipping app.py and
-    # its sidebar. Report this check as "no pages directory" so app.py's st.navigation is used.
-    monkeypatch.setattr(script_runner, "PagesManager", types.SimpleNamespace(uses_pages_directory=False))
-    bridge.clear_caches()
-    st.cache_data.clear()
-    app = AppTest.from_file(APP, default_timeout=120)
-    app.switch_page(PAGE).run()
+    app = open_page("generate.py", timeout=120)
     assert not app.exception, app.exception
-    assert app.selectbox(key="model_label").value == "Test model (gpt2-tiny)"
     app.number_input(key="gen_max_tokens").set_value(6).run()
     return app
 
@@ -136,7 +123,8 @@ def test_export_then_replay_without_the_model(at: AppTest, monkeypatch: pytest.M
 
     monkeypatch.setattr(bridge, "get_model", no_model)
     fresh = AppTest.from_file(APP, default_timeout=120)
-    fresh.switch_page(PAGE).run()
+    fresh.run()
+    fresh.switch_page("app_pages/generate.py").run()
     fresh.file_uploader(key="gen_upload").upload("my-run.json", exported, "application/json").run()
     assert not fresh.exception and not fresh.error
     assert fresh.session_state["gen_run"] == run

@@ -4,7 +4,6 @@ The toy example is LLMs-from-scratch ch. 5: at temperature 1 "forward" has 57.21
 """
 from __future__ import annotations
 
-import importlib
 import json
 import math
 from pathlib import Path
@@ -12,7 +11,6 @@ from pathlib import Path
 import pytest
 import streamlit as st
 import torch
-from streamlit.runtime.pages_manager import PagesManager
 from streamlit.testing.v1 import AppTest
 
 import core
@@ -113,26 +111,8 @@ def model_loads(monkeypatch) -> list[str]:
 
 
 @pytest.fixture
-def at(monkeypatch, model_loads) -> AppTest:
-    monkeypatch.setenv("SAMPLING_LAB_TEST_MODEL", "gpt2-tiny")
-    import ui.controls
-    importlib.reload(ui.controls)   # it reads SAMPLING_LAB_TEST_MODEL at import
-    st.cache_data.clear()           # every cache, bridge's included (its get_model is patched here)
-    st.cache_resource.clear()
-    # AppTest treats the pages/ folder as old-style pages and would run the page file alone; keep
-    # app.py's st.navigation in charge so the page runs inside the real app, sidebar included.
-    original_init = PagesManager.__init__
-
-    def init(self, *args, **kwargs) -> None:
-        original_init(self, *args, **kwargs)
-        PagesManager.uses_pages_directory = False
-
-    monkeypatch.setattr(PagesManager, "__init__", init)
-    app = AppTest.from_file(APP, default_timeout=60)
-    app.switch_page("pages/lesson.py")
-    app.run()
-    assert app.selectbox(key="model_label").value == "Test model (gpt2-tiny)"
-    return app
+def at(open_page, model_loads) -> AppTest:
+    return open_page("lesson.py")
 
 
 def ok(app: AppTest) -> None:

@@ -1,14 +1,12 @@
 """The "Next token" page under AppTest, on the tiny random GPT-2 (vocabulary 50,257)."""
 from __future__ import annotations
 
-import importlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
-from streamlit.runtime import pages_manager
 from streamlit.testing.v1 import AppTest
 
 import core
@@ -19,34 +17,9 @@ APP = str(Path(__file__).resolve().parent.parent / "app.py")
 PROMPT = "Every effort moves you"
 
 
-def force_navigation_mode(monkeypatch) -> None:
-    """Because a pages/ folder sits next to app.py, AppTest runs in the old "pages directory" mode: every
-    run after the first executes the page file alone, without app.py and its sidebar. st.navigation turns
-    that mode off, but AppTest turns it back on before each run; this keeps it off."""
-    init = pages_manager.PagesManager.__init__
-
-    def patched(self, *args, **kwargs) -> None:
-        init(self, *args, **kwargs)
-        pages_manager.PagesManager.uses_pages_directory = False
-
-    monkeypatch.setattr(pages_manager.PagesManager, "__init__", patched)
-
-
 @pytest.fixture
-def at(monkeypatch) -> Iterator[AppTest]:
-    force_navigation_mode(monkeypatch)
-    monkeypatch.setenv("SAMPLING_LAB_TEST_MODEL", "gpt2-tiny")
-    import ui.controls
-    importlib.reload(ui.controls)   # it reads SAMPLING_LAB_TEST_MODEL at import
-    bridge.clear_caches()
-    app = AppTest.from_file(APP, default_timeout=60)
-    app.run()
-    app.switch_page("pages/next_token.py").run()
-    assert app.selectbox(key="model_label").value == "Test model (gpt2-tiny)"
-    yield app
-    monkeypatch.undo()
-    importlib.reload(ui.controls)   # later tests see the environment they started with
-    bridge.clear_caches()
+def at(open_page) -> AppTest:
+    return open_page("next_token.py")
 
 
 @pytest.fixture(scope="module")

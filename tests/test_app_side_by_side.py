@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 import streamlit as st
 import torch
-from streamlit.runtime.pages_manager import PagesManager
 from streamlit.testing.v1 import AppTest
 
 import core
@@ -26,25 +25,8 @@ PROMPT = "Every effort moves you"   # the sidebar's default
 
 
 @pytest.fixture
-def at(monkeypatch: pytest.MonkeyPatch) -> AppTest:
-    monkeypatch.setenv("SAMPLING_LAB_TEST_MODEL", "gpt2-tiny")
-    monkeypatch.setattr(ui.controls, "TEST_MODEL", "gpt2-tiny")   # read at import; the module may be loaded already
-    # AppTest re-detects the pages/ folder before every run and then runs a switched-to page the
-    # old (v1) way, without app.py and its sidebar; app.py routes with st.navigation, so say so.
-    init = PagesManager.__init__
-
-    def v2_init(self: PagesManager, *args: object, **kwargs: object) -> None:
-        init(self, *args, **kwargs)
-        PagesManager.uses_pages_directory = False
-
-    monkeypatch.setattr(PagesManager, "__init__", v2_init)
-    bridge.clear_caches()
-    st.cache_data.clear()
-    st.cache_resource.clear()
-    app = AppTest.from_file(APP, default_timeout=60)
-    app.run()
-    assert app.selectbox(key="model_label").value == "Test model (gpt2-tiny)"
-    app.switch_page("pages/side_by_side.py").run()
+def at(open_page) -> AppTest:
+    app = open_page("side_by_side.py")
     assert not app.exception
     return app
 

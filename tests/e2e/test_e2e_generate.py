@@ -20,8 +20,7 @@ TOKENS = "[data-testid='stMain'] .sl-tok"
 @pytest.fixture
 def gen_page(page: Page, app_url: str) -> Page:
     page.set_viewport_size({"width": 1400, "height": 1000})
-    # Open the root first: a server's very first request for a deep link (/generate) runs in Streamlit's
-    # pages/-folder compatibility mode, which skips app.py and its sidebar.
+    # Arrive the way a user does: the home page, then the sidebar link.
     page.goto(app_url)
     wait_idle(page, 180_000)
     page.get_by_role("link", name="Generate").click()

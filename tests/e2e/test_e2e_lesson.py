@@ -75,10 +75,6 @@ def test_lesson_page_in_browser(page: Page, app_url: str) -> None:
     page.screenshot(path=str(SHOTS / "lesson_topk1_full.png"), full_page=True)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Streamlit treats the pages/ folder next to app.py as old-style pages: the first deep link to "
-    "/lesson on a fresh server runs pages/lesson.py alone (no sidebar, no wide layout). Renaming the "
-    "folder (e.g. views/) fixes it; then drop this mark."))
 def test_deep_link_on_a_fresh_server_shows_the_app(page: Page) -> None:
     proc, url = start_app()
     try:
