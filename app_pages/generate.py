@@ -6,6 +6,7 @@ import time
 import streamlit as st
 
 import core
+from ui import bridge
 from ui import generate_view as gv
 from ui.controls import Settings, require_model, require_prompt_ids, settings
 from ui.format import plain_text_for_markdown, show_token
@@ -24,6 +25,18 @@ def _request(new_seed: bool = False) -> None:
 
 def _stop() -> None:
     st.session_state[STOP] = True
+
+
+def _ready(s: Settings) -> bool:
+    """Model loads and prompt is not blank: checked before the buttons are drawn, so a failure leaves them idle."""
+    if s.model is None or not s.prompt.strip():
+        return False
+    try:
+        with st.spinner(f"Loading {s.model_label}…"):
+            bridge.get_model(s.model)
+    except Exception:  # require_model names the problem on the page
+        return False
+    return True
 
 
 def _stream(s: Settings, max_new: int, colour_by: str, slot) -> None:
@@ -130,6 +143,8 @@ if (prev := st.session_state.get(RUN)) is not None and prev.status == "running":
     st.session_state[RUN] = prev.with_status("stopped" if st.session_state.get(STOP) else "interrupted")
 st.session_state[STOP] = False
 generating = st.session_state.pop(REQUEST, False)
+blocked = generating and not _ready(s)
+generating = generating and not blocked
 
 c_max, c_colour = st.columns([1, 2])
 max_new = int(c_max.number_input("Max new tokens", 1, 1000, st.session_state.get("gen_max_saved", 60), 10,
@@ -146,6 +161,9 @@ b2.button("New seed + generate", icon=":material/casino:", on_click=_request, kw
 b3.button("Stop", icon=":material/stop:", on_click=_stop, disabled=not generating, key="gen_stop", width="stretch")
 
 slot = st.empty()
+if blocked:
+    with slot.container():
+        require_prompt_ids(s, require_model(s))   # says why (bad checkpoint, blank prompt) and stops
 if generating:
     _stream(s, max_new, colour_by, slot)
 _import()

@@ -206,5 +206,7 @@ def load_model(source: str | os.PathLike | None = None, *, progress: ProgressCal
         return _random(name.removeprefix("random:"))
     if os.path.exists(name):
         return load_checkpoint(name, n_heads)
+    if os.sep in name or Path(name).suffix in (".pth", ".pt", ".bin", ".safetensors", ".gguf"):
+        raise WeightsError(f"{name} does not exist")  # a mistyped path, not an unknown model name
     raise ModelUnavailableError(
         f"unknown model {name!r}: use 'smollm2', one of {', '.join(HUB_REPOS)}, 'gpt2-tiny', or a checkpoint path")

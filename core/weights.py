@@ -134,7 +134,9 @@ def read_pth(path: str | os.PathLike) -> dict[str, Tensor]:
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError... for bad files
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        detail = str(e).splitlines()[0] if str(e) else ""
+        # Bare details such as "101" (a KeyError on a text file) mean nothing to a user: name the problem.
+        reason = f"not a PyTorch checkpoint, or a damaged one ({type(e).__name__}{': ' + detail if detail else ''})"
         if "weights_only" in str(e) or "Unsupported global" in str(e):
             reason = "it holds Python objects other than tensors (refused without running them)"
         raise WeightsError(f"{path} is not a loadable PyTorch state_dict: {reason}") from e

@@ -8,6 +8,7 @@ import streamlit as st
 
 import core
 from ui import bridge
+from ui.format import plain_text_for_markdown
 
 MODELS: dict[str, str] = {
     "SmolLM2-135M-Instruct (bundled)": "smollm2",
@@ -48,7 +49,7 @@ def _local_checkpoint() -> str | None:
         try:
             return bridge.save_upload(upload.name, upload.getvalue())
         except (core.WeightsError, OSError) as e:
-            st.sidebar.error(str(e))
+            st.sidebar.error(plain_text_for_markdown(str(e)))   # names the user's file: shown literally
             return None
     return path.strip() or None
 
@@ -105,7 +106,8 @@ def require_model(s: Settings) -> core.LanguageModel:
         with st.spinner(f"Loading {s.model_label}…"):
             lm = bridge.get_model(s.model, progress)
     except (core.ModelUnavailableError, core.WeightsError, core.TokenizerError, FileNotFoundError, ValueError) as e:
-        st.error(f"Could not load **{s.model_label}**: {e}", icon="⚠️")
+        # The message quotes a user-typed path or file content: Markdown must show it literally.
+        st.error(f"Could not load **{s.model_label}**: {plain_text_for_markdown(str(e))}", icon="⚠️")
         st.stop()
     if bar is not None:
         bar.empty()

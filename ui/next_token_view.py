@@ -406,16 +406,22 @@ def text_pieces(tokenizer: core.Tokenizer, ids: Sequence[int]) -> list[str]:
     return pieces
 
 
+def _visible(text: str) -> str:
+    """Control characters (NUL, ESC, ...) as \\xNN, so they show instead of vanishing; newlines and tabs stay."""
+    return "".join(f"\\x{ord(ch):02x}" if (ord(ch) < 32 and ch not in "\n\t") or ord(ch) == 127 else ch
+                   for ch in text)
+
+
 def text_so_far_html(prompt_text: str, pieces: Sequence[str]) -> str:
     """The prompt (dimmed) and the appended tokens (highlighted, alternating shades): every piece
     of text is escaped, because model and user text are untrusted."""
     spans = "".join(
         f'<span style="background:rgba(31,95,191,{0.16 if i % 2 == 0 else 0.30});border-radius:3px;'
-        f'padding:1px 0" title="step {i + 1}">{escape_html(p)}</span>' for i, p in enumerate(pieces))
+        f'padding:1px 0" title="step {i + 1}">{escape_html(_visible(p))}</span>' for i, p in enumerate(pieces))
     return ('<div style="white-space:pre-wrap;word-break:break-word;font-family:ui-monospace,SFMono-Regular,'
             'Menlo,Consolas,monospace;font-size:0.95rem;line-height:1.6;padding:0.6rem 0.8rem;max-height:14rem;'
             'overflow-y:auto;border:1px solid rgba(128,128,128,0.35);border-radius:0.5rem">'
-            f'<span style="opacity:0.65">{escape_html(prompt_text)}</span>{spans}'
+            f'<span style="opacity:0.65">{escape_html(_visible(prompt_text))}</span>{spans}'
             '<span style="opacity:0.5">▌</span></div>')
 
 
