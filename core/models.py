@@ -77,6 +77,48 @@ def _attend(q: Tensor, k: Tensor, v: Tensor, past: int, gqa: bool) -> Tensor:
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
 
 
+class _Decoder(nn.Module):
+    """What GPT-2 and Llama share: embedding + tied LM head, the per-request cache, the forward's ends."""
+
+    cfg: GPTConfig | LlamaConfig
+
+    def __init__(self, cfg: GPTConfig | LlamaConfig, final_norm: nn.Module) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.emb_dim)
+        self.final_norm = final_norm
+        self.out_head = nn.Linear(cfg.emb_dim, cfg.vocab_size, bias=False)
+        if cfg.tied_head:
+            self.out_head.weight = self.tok_emb.weight
+        self.register_load_state_dict_post_hook(_after_load)
+
+    def _layout_head(self) -> None:
+        head = column_major(self.out_head.weight)
+        self.out_head.weight = head
+        if self.cfg.tied_head:
+            self.tok_emb.weight = head
+
+    def new_cache(self, batch: int, max_len: int) -> KVCache:
+        c = self.cfg
+        return KVCache(c.n_layers, batch, getattr(c, "n_kv_heads", c.n_heads), max_len, c.head_dim,
+                       dtype=self.tok_emb.weight.dtype, device=self.tok_emb.weight.device)
+
+    def _start(self, idx: Tensor, cache: KVCache | None) -> int:
+        """Position of idx's first token; refuses sequences longer than the context window."""
+        start = cache.pos if cache is not None else 0
+        if start + idx.shape[1] > self.cfg.context_length:
+            raise ValueError(f"sequence of {start + idx.shape[1]} tokens exceeds the context length "
+                             f"{self.cfg.context_length}")
+        return start
+
+    def _logits(self, x: Tensor, cache: KVCache | None, last_only: bool) -> Tensor:
+        if cache is not None:
+            cache.pos += x.shape[1]
+        if last_only:
+            x = x[:, -1:]  # the LM head is the costliest matmul: skip positions nobody reads
+        return self.out_head(self.final_norm(x))
+
+
 # ---------------------------------------------------------------- GPT-2
 
 class GPTAttention(nn.Module):
@@ -113,20 +155,13 @@ class GPTBlock(nn.Module):
         return x + self.ff(self.norm2(x))
 
 
-class GPTModel(nn.Module):
+class GPTModel(_Decoder):
     """GPT-2 as in the book (pre-norm blocks, learned positions, GELU MLP), with a fused qkv."""
 
     def __init__(self, cfg: GPTConfig) -> None:
-        super().__init__()
-        self.cfg = cfg
-        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.emb_dim)
+        super().__init__(cfg, nn.LayerNorm(cfg.emb_dim, eps=cfg.norm_eps))
         self.pos_emb = nn.Embedding(cfg.context_length, cfg.emb_dim)
         self.blocks = nn.ModuleList(GPTBlock(cfg) for _ in range(cfg.n_layers))
-        self.final_norm = nn.LayerNorm(cfg.emb_dim, eps=cfg.norm_eps)
-        self.out_head = nn.Linear(cfg.emb_dim, cfg.vocab_size, bias=False)
-        if cfg.tied_head:
-            self.out_head.weight = self.tok_emb.weight
-        self.register_load_state_dict_post_hook(_after_load)
 
     @torch.no_grad()
     def prepare_for_inference(self) -> None:
@@ -136,31 +171,16 @@ class GPTModel(nn.Module):
         for block in self.blocks:
             block.att.qkv.weight = column_major(block.att.qkv.weight)
             block.ff[0].weight = column_major(block.ff[0].weight)
-        head = column_major(self.out_head.weight)
-        self.out_head.weight = head
-        if self.cfg.tied_head:
-            self.tok_emb.weight = head
-
-    def new_cache(self, batch: int, max_len: int) -> KVCache:
-        c = self.cfg
-        return KVCache(c.n_layers, batch, c.n_heads, max_len, c.head_dim,
-                       dtype=self.tok_emb.weight.dtype, device=self.tok_emb.weight.device)
+        self._layout_head()
 
     def forward(self, idx: Tensor, cache: KVCache | None = None, last_only: bool = False) -> Tensor:
         """idx (B, T) -> logits (B, T, V), or (B, 1, V) with last_only."""
-        b, t = idx.shape
-        start = cache.pos if cache is not None else 0
-        if start + t > self.cfg.context_length:
-            raise ValueError(f"sequence of {start + t} tokens exceeds the context length {self.cfg.context_length}")
-        pos = torch.arange(start, start + t, device=idx.device)
+        start = self._start(idx, cache)
+        pos = torch.arange(start, start + idx.shape[1], device=idx.device)
         x = self.tok_emb(idx) + self.pos_emb(pos)  # (B, T, D)
         for i, block in enumerate(self.blocks):
             x = block(x, i, cache)
-        if cache is not None:
-            cache.pos += t
-        if last_only:
-            x = x[:, -1:]  # the LM head is the costliest matmul: skip positions nobody reads
-        return self.out_head(self.final_norm(x))
+        return self._logits(x, cache, last_only)
 
 
 # ---------------------------------------------------------------- Llama
@@ -255,17 +275,10 @@ class LlamaBlock(nn.Module):
         return x + self.mlp(self.ffn_norm(x))
 
 
-class LlamaModel(nn.Module):
+class LlamaModel(_Decoder):
     def __init__(self, cfg: LlamaConfig) -> None:
-        super().__init__()
-        self.cfg = cfg
-        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.emb_dim)
+        super().__init__(cfg, RMSNorm(cfg.emb_dim, cfg.norm_eps))
         self.blocks = nn.ModuleList(LlamaBlock(cfg) for _ in range(cfg.n_layers))
-        self.final_norm = RMSNorm(cfg.emb_dim, cfg.norm_eps)
-        self.out_head = nn.Linear(cfg.emb_dim, cfg.vocab_size, bias=False)
-        if cfg.tied_head:
-            self.out_head.weight = self.tok_emb.weight
-        self.register_load_state_dict_post_hook(_after_load)
 
     @torch.no_grad()
     def prepare_for_inference(self) -> None:
@@ -277,32 +290,18 @@ class LlamaModel(nn.Module):
             att, mlp = block.attn, block.mlp
             att.qkv_weight = _fuse_column_major(att.q_proj, att.k_proj, att.v_proj)
             mlp.gate_up_weight = _fuse_column_major(mlp.gate_proj, mlp.up_proj)
-        head = column_major(self.out_head.weight)
-        self.out_head.weight = head
-        if self.cfg.tied_head:
-            self.tok_emb.weight = head
-
-    def new_cache(self, batch: int, max_len: int) -> KVCache:
-        c = self.cfg
-        return KVCache(c.n_layers, batch, c.n_kv_heads, max_len, c.head_dim,
-                       dtype=self.tok_emb.weight.dtype, device=self.tok_emb.weight.device)
+        self._layout_head()
 
     def forward(self, idx: Tensor, cache: KVCache | None = None, last_only: bool = False) -> Tensor:
         """idx (B, T) -> logits (B, T, V), or (B, 1, V) with last_only."""
-        b, t = idx.shape
-        start = cache.pos if cache is not None else 0
-        if start + t > self.cfg.context_length:
-            raise ValueError(f"sequence of {start + t} tokens exceeds the context length {self.cfg.context_length}")
+        start = self._start(idx, cache)
+        end = start + idx.shape[1]
         cos, sin = rope_tables(self.cfg.head_dim, self.cfg.rope_base, self.cfg.context_length, str(idx.device))
-        cos, sin = cos[start:start + t], sin[start:start + t]
+        cos, sin = cos[start:end], sin[start:end]
         x = self.tok_emb(idx)  # (B, T, D)
         for i, block in enumerate(self.blocks):
             x = block(x, i, cache, cos, sin)
-        if cache is not None:
-            cache.pos += t
-        if last_only:
-            x = x[:, -1:]
-        return self.out_head(self.final_norm(x))
+        return self._logits(x, cache, last_only)
 
 
 DecoderModel = GPTModel | LlamaModel
