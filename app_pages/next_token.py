@@ -33,7 +33,7 @@ c_sample.button("Sample", icon=":material/casino:", key="nt_sample", type="prima
                 on_click=view.on_sample, args=(state, a, tok),
                 help="Draw the next token from the distribution after your settings. Seeded with the "
                      "sidebar seed + the number of tokens appended, so the same settings give the same text.")
-top = a.order[:PICK_OPTIONS].tolist()
+top = a.top(PICK_OPTIONS).tolist()
 # Labels from the raw distribution only, so they stay put while the sampling sliders move.
 c_pick.selectbox(f"…or choose one of the top {len(top)} (raw probability)", top, key="nt_pick",
                  format_func=lambda i: f"{show_token(tok.token_text(i))}   ({view.fmt_prob(float(a.raw_probs[i]))})")

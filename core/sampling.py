@@ -129,9 +129,13 @@ def apply_top_k(logits: Tensor, top_k: int | None) -> Tensor:
     x = logits.float()
     if not top_k or top_k >= x.shape[-1]:
         return x
-    # A stable sort (not torch.topk) so ties at the k-th value go to the lower ids, like argmax.
-    keep_idx = torch.sort(x, dim=-1, descending=True, stable=True).indices[..., :top_k]
-    keep = torch.zeros_like(x, dtype=torch.bool).scatter(-1, keep_idx, True)
+    # Everything above the k-th value, then ties at it by lowest id (like argmax; torch.topk alone
+    # picks ties arbitrarily). O(V), where a stable sort of the vocabulary costs a few ms per slider move.
+    kth = torch.topk(x, top_k, dim=-1).values[..., -1:]
+    above = x > kth
+    ties = x == kth
+    room = top_k - above.sum(dim=-1, keepdim=True)
+    keep = above | (ties & (ties.cumsum(dim=-1) <= room))
     return x.masked_fill(~keep, NEG_INF)
 
 

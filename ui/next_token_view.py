@@ -4,6 +4,7 @@ step-by-step continuation. Pure functions (no Streamlit import) so tests can cal
 from __future__ import annotations
 
 import codecs
+import functools
 import math
 from collections.abc import MutableMapping, Sequence
 from dataclasses import asdict, dataclass
@@ -53,7 +54,20 @@ class Analysis:
     logits: Tensor              # raw float32 logits (V,)
     cfg: core.SamplingConfig
     stages: list[core.Stage]    # raw, temperature, top-k, top-p, min-p
-    order: Tensor               # token ids by descending raw logit (stable: ties go to the lower id)
+
+    @functools.cached_property
+    def order(self) -> Tensor:
+        """All token ids by descending raw logit (stable: ties go to the lower id); only the full CSV needs it."""
+        return torch.sort(self.logits, descending=True, stable=True).indices
+
+    def top(self, n: int) -> Tensor:
+        """The first n ids of `order`, without sorting the whole vocabulary (a slider move stays cheap)."""
+        n = max(0, min(n, self.vocab))
+        if n == 0:
+            return torch.zeros(0, dtype=torch.long)
+        kth = torch.topk(self.logits, n).values[-1]
+        candidates = torch.nonzero(self.logits >= kth).squeeze(-1)  # ascending ids; ties at kth included
+        return candidates[torch.sort(self.logits[candidates], descending=True, stable=True).indices[:n]]
 
     @property
     def raw_probs(self) -> Tensor:
@@ -80,8 +94,7 @@ def analyze(logits: np.ndarray | Tensor, cfg: core.SamplingConfig) -> Analysis:
     if x.dim() != 1:
         raise ValueError(f"expected one row of logits (V,), got shape {tuple(x.shape)}")
     stages = core.pipeline(x, cfg)
-    order = torch.sort(x, descending=True, stable=True).indices
-    return Analysis(logits=x, cfg=cfg, stages=stages, order=order)
+    return Analysis(logits=x, cfg=cfg, stages=stages)
 
 
 def ranks(a: Analysis, ids: Tensor) -> Tensor:
@@ -91,6 +104,8 @@ def ranks(a: Analysis, ids: Tensor) -> Tensor:
     not for the whole vocabulary).
     """
     ids = torch.as_tensor(ids, dtype=torch.long)
+    if len(ids) <= 64:  # a few ids: count larger logits directly, no sort of the vocabulary
+        return (a.logits.unsqueeze(0) > a.logits[ids].unsqueeze(1)).sum(dim=1) + 1
     ascending = a.logits[a.order.flip(0)].contiguous()
     greater = a.vocab - torch.searchsorted(ascending, a.logits[ids].contiguous(), right=True)
     return greater + 1
@@ -148,7 +163,7 @@ def distribution_table(a: Analysis, tokenizer: core.Tokenizer, n: int | None = N
     "filtered probability" is core.probabilities(logits, cfg) itself; "rank" is 1-based under the
     raw logits (ties share the best rank); "text" is the exact token text, "token" its readable label.
     """
-    ids = a.order if n is None else a.order[:max(0, min(n, a.vocab))]
+    ids = a.order if n is None else a.top(n)
     stages = removed_by(a, ids)
     return pd.DataFrame({
         "rank": ranks(a, ids).numpy().astype(np.int64),
@@ -179,7 +194,7 @@ class Rest:
 
 def rest_of(a: Analysis, n: int) -> Rest:
     """Everything below the top n, from totals minus the top (no pass over the ~50k-token tail)."""
-    top = a.order[:n]
+    top = a.top(n)
     count = a.vocab - len(top)
     if count == 0:
         return Rest(0, 0, 0.0, 0.0)
