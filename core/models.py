@@ -77,6 +77,13 @@ def _attend(q: Tensor, k: Tensor, v: Tensor, past: int, gqa: bool) -> Tensor:
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
 
 
+def _embedding(n: int, dim: int) -> nn.Embedding:
+    """nn.Embedding, without init on the meta device (where load_checked builds models): normal_
+    there imports torch._dynamo, about a second of every cold start."""
+    weight = torch.empty(n, dim)
+    return nn.Embedding(n, dim, _weight=weight if weight.is_meta else None)
+
+
 class _Decoder(nn.Module):
     """What GPT-2 and Llama share: embedding + tied LM head, the per-request cache, the forward's ends."""
 
@@ -85,7 +92,7 @@ class _Decoder(nn.Module):
     def __init__(self, cfg: GPTConfig | LlamaConfig, final_norm: nn.Module) -> None:
         super().__init__()
         self.cfg = cfg
-        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.emb_dim)
+        self.tok_emb = _embedding(cfg.vocab_size, cfg.emb_dim)
         self.final_norm = final_norm
         self.out_head = nn.Linear(cfg.emb_dim, cfg.vocab_size, bias=False)
         if cfg.tied_head:
@@ -160,7 +167,7 @@ class GPTModel(_Decoder):
 
     def __init__(self, cfg: GPTConfig) -> None:
         super().__init__(cfg, nn.LayerNorm(cfg.emb_dim, eps=cfg.norm_eps))
-        self.pos_emb = nn.Embedding(cfg.context_length, cfg.emb_dim)
+        self.pos_emb = _embedding(cfg.context_length, cfg.emb_dim)
         self.blocks = nn.ModuleList(GPTBlock(cfg) for _ in range(cfg.n_layers))
 
     @torch.no_grad()
