@@ -10,7 +10,7 @@ from torch import Tensor
 
 from .loading import LanguageModel
 from .models import KVCache
-from .sampling import SamplingConfig, draw_uniform, entropy, make_generator, probabilities, sample
+from .sampling import SamplingConfig, draw_uniform, entropy, make_generator, probabilities, rank_of, sample
 
 
 @dataclass(frozen=True)
@@ -54,33 +54,6 @@ def fit_context(ids: Sequence[int], max_new_tokens: int, context_length: int) ->
     keep = context_length - max_new
     dropped = max(0, len(ids) - keep)
     return list(ids[dropped:]), dropped, max_new
-
-
-SORT_PREFIX = 256  # tokens sorted per step by sample_exact; the draw almost always lands among them
-
-
-def sample_exact(probs: Tensor, uniform: Tensor) -> Tensor:
-    """Exactly `sample(probs, uniform=uniform)`, without stable-sorting the whole vocabulary each step.
-
-    sample() draws by inverse CDF over the stable descending sort. Every token whose probability is
-    above the SORT_PREFIX-th largest sits, in the same order, at the front of that sort, and the
-    cumulative sums over that front are the same numbers. So when each row's draw lands there, the
-    top SORT_PREFIX decide it; otherwise (ties at the edge, a long flat tail) sample() itself runs.
-    """
-    vocab = probs.shape[-1]
-    if probs.dim() != 2 or vocab <= SORT_PREFIX:
-        return sample(probs, uniform=uniform)
-    top = torch.topk(probs, SORT_PREFIX, dim=-1)
-    ids_by_id, perm = top.indices.sort(dim=-1)                  # ties must break toward the lower id
-    vals_by_id = top.values.gather(-1, perm)
-    order = torch.sort(vals_by_id, dim=-1, descending=True, stable=True).indices
-    sorted_p, sorted_idx = vals_by_id.gather(-1, order), ids_by_id.gather(-1, order)
-    safe = (sorted_p > sorted_p[:, -1:]).sum(dim=-1)            # entries strictly above the edge value
-    u = torch.as_tensor(uniform, dtype=torch.float64).broadcast_to(probs.shape[:-1])
-    pos = (sorted_p.double().cumsum(dim=-1) <= u.unsqueeze(-1)).sum(dim=-1)
-    if not bool((pos < safe).all()):
-        return sample(probs, uniform=uniform)
-    return sorted_idx.gather(-1, pos.unsqueeze(-1)).squeeze(-1)
 
 
 def _candidates(lm: LanguageModel, logits: Tensor, raw_probs: Tensor, probs: Tensor, n: int
@@ -127,7 +100,7 @@ def generate_many(lm: LanguageModel, prompt: str | Sequence[int], configs: Seque
             u = draw_uniform(gen, 1).expand(b)  # drawn every step, so greedy columns never shift the others
             raw_probs = torch.softmax(logits, dim=-1)
             probs = torch.stack([probabilities(logits[i], c) for i, c in enumerate(configs)])
-            chosen = sample_exact(probs, u)  # sample() itself, minus a 50k-token sort per step
+            chosen = sample(probs, uniform=u)
             raw_ent, ent = entropy(raw_probs), entropy(probs)
             out: list[Step | None] = []
             for i in range(b):
@@ -143,7 +116,7 @@ def generate_many(lm: LanguageModel, prompt: str | Sequence[int], configs: Seque
                 out.append(Step(index=step, token_id=tok,
                                 text=decoders[i].decode(lm.tokenizer.token_bytes(tok), final=finished is not None),
                                 prob=float(probs[i, tok]), raw_prob=float(raw_probs[i, tok]),
-                                rank=int((logits[i] > logits[i, tok]).sum()) + 1,
+                                rank=int(rank_of(logits[i], chosen[i])),
                                 entropy=float(ent[i]), raw_entropy=float(raw_ent[i]),
                                 top_before=before, top_after=after, uniform=float(u[i]),
                                 prompt_tokens=len(ids), truncated=dropped, finished=finished))

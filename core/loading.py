@@ -14,7 +14,7 @@ from .config import GPT_PRESETS, LLAMA_PRESETS, GPTConfig
 from .models import DecoderModel
 from .tokenizer import Tokenizer, find_package_file, gpt2_tokenizer, tokenizer_from_vocab
 from .weights import (WeightsError, gpt2_config_from_book, gpt2_state_from_book, gpt2_state_from_hf,
-                      load_checked, load_hf_gpt2_folder, random_state, read_gguf_cached, read_pth,
+                      heads_for_width, load_checked, load_hf_gpt2_folder, random_state, read_gguf_cached, read_pth,
                       read_safetensors)
 
 DEFAULT_MODEL = "smollm2"
@@ -171,20 +171,12 @@ def _gpt2_from_state(sd: dict[str, Tensor], source: str, n_heads: int | None) ->
         wpe = next((v for k, v in sd.items() if k.endswith("wpe.weight")), None)
         layers = {k.split(".")[k.split(".").index("h") + 1] for k in sd if ".h." in f".{k}"}
         width = wte.shape[1]
-        heads = n_heads or _heads_for(width, source)
+        heads = n_heads or heads_for_width(int(width), source)
         cfg = GPTConfig(vocab_size=wte.shape[0], context_length=wpe.shape[0] if wpe is not None else 1024,
                         emb_dim=width, n_heads=heads, n_layers=len(layers))
         return load_checked(cfg, gpt2_state_from_hf(sd, cfg.n_layers), source)
     cfg = gpt2_config_from_book(sd, n_heads)
     return load_checked(cfg, gpt2_state_from_book(sd, cfg), source)
-
-
-def _heads_for(width: int, source: str) -> int:
-    from .config import HEADS_BY_WIDTH
-
-    if width not in HEADS_BY_WIDTH:
-        raise WeightsError(f"{source}: embedding width {width} is not a GPT-2 size; pass n_heads")
-    return HEADS_BY_WIDTH[width]
 
 
 def load_model(source: str | os.PathLike | None = None, *, progress: ProgressCallback | None = None,

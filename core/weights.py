@@ -148,6 +148,14 @@ def read_pth(path: str | os.PathLike) -> dict[str, Tensor]:
     return obj
 
 
+def heads_for_width(width: int, source: str) -> int:
+    """GPT-2's head count for an embedding width, from the book's table."""
+    if width not in HEADS_BY_WIDTH:
+        raise WeightsError(f"{source}: embedding width {width} is not in the book's table "
+                           f"({sorted(HEADS_BY_WIDTH)}); pass n_heads")
+    return HEADS_BY_WIDTH[width]
+
+
 def gpt2_config_from_book(sd: Mapping[str, Tensor], n_heads: int | None = None) -> GPTConfig:
     """Infer the book's GPTModel configuration from tensor shapes; heads from the book's table."""
     for key in ("tok_emb.weight", "pos_emb.weight"):
@@ -160,10 +168,7 @@ def gpt2_config_from_book(sd: Mapping[str, Tensor], n_heads: int | None = None) 
     if layers != set(range(max(layers) + 1)):
         raise WeightsError(f"book checkpoint: block numbers are not contiguous: {sorted(layers)}")
     if n_heads is None:
-        if width not in HEADS_BY_WIDTH:
-            raise WeightsError(f"book checkpoint: embedding width {width} is not in the book's table "
-                               f"({sorted(HEADS_BY_WIDTH)}); pass n_heads")
-        n_heads = HEADS_BY_WIDTH[width]
+        n_heads = heads_for_width(int(width), "book checkpoint")
     return GPTConfig(vocab_size=vocab, context_length=sd["pos_emb.weight"].shape[0], emb_dim=width,
                      n_heads=n_heads, n_layers=len(layers), qkv_bias="trf_blocks.0.att.W_query.bias" in sd,
                      tied_head="out_head.weight" not in sd)

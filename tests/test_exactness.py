@@ -201,10 +201,9 @@ def test_smollm2_logits_match_transformers_gguf() -> None:
     _check_exact(lm, ref, ids)
 
 
-def test_sample_exact_is_sample() -> None:
-    """generate's shortcut draws exactly the token core.sample would, ties and flat tails included."""
-    from core.generation import sample_exact
-    from core.sampling import probabilities, sample
+def test_sample_fast_path_is_the_full_sort() -> None:
+    """sample's top-256 shortcut draws exactly the token the full sort would, ties and flat tails included."""
+    from core.sampling import _sample_sorted, probabilities, sample
 
     g = torch.Generator().manual_seed(0)
     cfgs = [core.SamplingConfig(), core.SamplingConfig(temperature=0), core.SamplingConfig(temperature=0.5, top_k=300),
@@ -217,6 +216,7 @@ def test_sample_exact_is_sample() -> None:
         probs = torch.stack([probabilities(logits[i], cfgs[(trial + i) % len(cfgs)]) for i in range(3)])
         for _ in range(4):
             u = torch.rand(1, generator=g, dtype=torch.float64).expand(3)
-            assert torch.equal(sample_exact(probs, u), sample(probs, uniform=u)), f"trial {trial}"
+            assert torch.equal(sample(probs, uniform=u), _sample_sorted(probs, u.unsqueeze(-1).contiguous()).squeeze(-1)), \
+                f"trial {trial}"
             fast_path += int(float(probs.sort(-1, descending=True).values[:, :256].sum(-1).min()) > float(u[0]))
     assert fast_path > 50  # the shortcut itself was exercised, not only the fallback

@@ -119,10 +119,10 @@ def test_csv_round_trips(tiny, logits):
 def test_token_labels_are_readable_and_unique(tiny):
     tok = tiny.tokenizer
     nl, sp_the = tok.encode("\n")[0], tok.encode(" the")[0]
-    assert view.token_labels(tok, [nl, sp_the]) == ["↵", "␣the"]
+    assert view.token_labels([nl, sp_the], tok.token_text) == ["↵", "␣the"]
     # Two lone UTF-8 continuation bytes both read "�": the axis needs two categories.
     partial = [i for i in range(256) if tok.token_text(i) == "\ufffd"][:2]
-    assert view.token_labels(tok, partial) == [f"\ufffd #{partial[0]}", f"\ufffd #{partial[1]}"]
+    assert view.token_labels(partial, tok.token_text) == [f"\ufffd #{partial[0]}", f"\ufffd #{partial[1]}"]
 
 
 def test_figure_marks_removed_tokens_and_sums_the_rest(tiny, logits):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import html
+from collections.abc import Callable, Sequence
 
 _VISIBLE = {"\n": "↵", "\r": "⏎", "\t": "⇥"}
 
@@ -33,3 +34,17 @@ def plain_text_for_markdown(text: str) -> str:
     """Text that Streamlit's Markdown renders literally: no links, images, HTML or emphasis."""
     specials = "\\`*_{}[]()#+-.!|<>~$&:"
     return "".join("\\" + ch if ch in specials else ch for ch in text)
+
+
+def plotly_text(text: str) -> str:
+    """Escape for Plotly's pseudo-HTML labels: it reads <b>, <a href>, &amp; &lt; &gt;, but shows &quot; as is."""
+    return html.escape(text, quote=False)
+
+
+def token_labels(token_ids: Sequence[int], token_text: Callable[[int], str]) -> list[str]:
+    """Readable, unique labels: a label shared by two ids gets " #id" (a chart axis would merge them)."""
+    labels = [show_token(token_text(int(i))) for i in token_ids]
+    seen: dict[str, int] = {}
+    for label in labels:
+        seen[label] = seen.get(label, 0) + 1
+    return [f"{label} #{int(i)}" if seen[label] > 1 else label for label, i in zip(labels, token_ids)]

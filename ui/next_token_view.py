@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 import core
-from ui.format import escape_html, show_token
+from ui.format import escape_html, plotly_text, show_token, token_labels
 
 STEPS_KEY = "nt_steps"        # session_state: list of Pick dicts, one per appended token
 CONTEXT_KEY = "nt_context"    # session_state: (model, prompt, mode) the steps belong to
@@ -40,11 +40,6 @@ def fmt_prob(p: float) -> str:
     return f"{pct:.2g} %"
 
 
-def plotly_text(text: str) -> str:
-    """Escape for Plotly's pseudo-HTML labels (it decodes only &amp; &lt; &gt; and numeric entities)."""
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-
-
 # --- the distribution, analysed once per rerun ------------------------------------------------
 
 @dataclass(frozen=True, eq=False)
@@ -62,12 +57,7 @@ class Analysis:
 
     def top(self, n: int) -> Tensor:
         """The first n ids of `order`, without sorting the whole vocabulary (a slider move stays cheap)."""
-        n = max(0, min(n, self.vocab))
-        if n == 0:
-            return torch.zeros(0, dtype=torch.long)
-        kth = torch.topk(self.logits, n).values[-1]
-        candidates = torch.nonzero(self.logits >= kth).squeeze(-1)  # ascending ids; ties at kth included
-        return candidates[torch.sort(self.logits[candidates], descending=True, stable=True).indices[:n]]
+        return core.sampling.top_ids(self.logits, n)
 
     @property
     def raw_probs(self) -> Tensor:
@@ -105,7 +95,7 @@ def ranks(a: Analysis, ids: Tensor) -> Tensor:
     """
     ids = torch.as_tensor(ids, dtype=torch.long)
     if len(ids) <= 64:  # a few ids: count larger logits directly, no sort of the vocabulary
-        return (a.logits.unsqueeze(0) > a.logits[ids].unsqueeze(1)).sum(dim=1) + 1
+        return core.sampling.rank_of(a.logits, ids)
     ascending = a.logits[a.order.flip(0)].contiguous()
     greater = a.vocab - torch.searchsorted(ascending, a.logits[ids].contiguous(), right=True)
     return greater + 1
@@ -145,15 +135,6 @@ def settings_label(cfg: core.SamplingConfig) -> str:
     return ", ".join(parts)
 
 
-def token_labels(tokenizer: core.Tokenizer, ids: Sequence[int]) -> list[str]:
-    """Readable, unique labels: a label shared by two ids gets " #id" (a chart axis would merge them)."""
-    labels = [show_token(tokenizer.token_text(int(i))) for i in ids]
-    seen: dict[str, int] = {}
-    for lab in labels:
-        seen[lab] = seen.get(lab, 0) + 1
-    return [f"{lab} #{int(i)}" if seen[lab] > 1 else lab for lab, i in zip(labels, ids)]
-
-
 COLUMNS = ["rank", "token", "id", "logit", "raw probability", "filtered probability", "status", "text"]
 
 
@@ -167,7 +148,7 @@ def distribution_table(a: Analysis, tokenizer: core.Tokenizer, n: int | None = N
     stages = removed_by(a, ids)
     return pd.DataFrame({
         "rank": ranks(a, ids).numpy().astype(np.int64),
-        "token": token_labels(tokenizer, ids.tolist()),
+        "token": token_labels(ids.tolist(), tokenizer.token_text),
         "id": ids.numpy().astype(np.int64),
         "logit": a.logits[ids].numpy(),
         "raw probability": a.raw_probs[ids].numpy(),

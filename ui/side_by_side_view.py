@@ -4,7 +4,6 @@ No Streamlit import, so every function here is unit-testable on plain tensors an
 """
 from __future__ import annotations
 
-import html
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -14,7 +13,7 @@ import torch
 from torch import Tensor
 
 import core
-from ui.format import escape_html, show_token
+from ui.format import escape_html, plotly_text, show_token, token_labels
 
 DEFAULT_TEMPERATURES: tuple[float, ...] = (0.1, 1.0, 5.0, 2.0)   # the book's 0.1, 1, 5, then one more
 COLORS: tuple[str, ...] = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd")
@@ -75,22 +74,7 @@ def token_order(logits: Tensor, n: int) -> list[int]:
     Temperature divides every logit by the same positive number, so this order is the same in
     every column; only the bar heights change.
     """
-    n = max(1, min(n, logits.shape[-1]))
-    return torch.sort(logits.float(), descending=True, stable=True).indices[:n].tolist()
-
-
-def token_labels(token_ids: Sequence[int], token_text: Callable[[int], str]) -> list[str]:
-    """Readable, unique labels (a category axis merges equal labels, e.g. two byte tokens shown as "�")."""
-    labels = [show_token(token_text(i)) for i in token_ids]
-    seen: dict[str, int] = {}
-    for label in labels:
-        seen[label] = seen.get(label, 0) + 1
-    return [f"{label} #{i}" if seen[label] > 1 else label for label, i in zip(labels, token_ids)]
-
-
-def plotly_text(text: str) -> str:
-    """Escape for plotly labels: plotly reads <b>, <a href> and a few entities, but shows "&quot;" as is."""
-    return html.escape(text, quote=False)
+    return core.sampling.top_ids(logits.float(), max(1, n)).tolist()
 
 
 def distribution_figure(labels: Sequence[str], probs: Sequence[float], x_max: float, color: str) -> go.Figure:
@@ -257,23 +241,11 @@ def steps_table(run: GenerationRun) -> pd.DataFrame:
 
 # --- the book's experiment: 1,000 draws --------------------------------------------------------
 
-def draw_many(probs: Tensor, uniforms: Tensor) -> Tensor:
-    """One token id per uniform from a single (V,) distribution: exactly core.sample(probs.expand(n, V),
-    uniform=uniforms), but sorting the vocabulary once instead of n times."""
-    sorted_p, sorted_idx = torch.sort(probs, descending=True, stable=True)
-    positive = int((sorted_p > 0).sum())
-    if positive == 0:
-        raise ValueError("probs needs at least one token with probability > 0")
-    cdf = sorted_p.double().cumsum(dim=-1)
-    pos = torch.searchsorted(cdf, uniforms.double(), right=True)   # how many cdf values are <= u
-    return sorted_idx[pos.clamp(max=positive - 1)]
-
-
 def draw_counts(prob_rows: Sequence[Tensor], seed: int | None, n: int = N_DRAWS) -> list[Tensor]:
     """n draws from each distribution with one seeded generator and the same n uniforms for every row
     (common random numbers again); returns per-row bincounts over the vocabulary."""
     uniforms = core.sampling.draw_uniform(core.make_generator(seed), n)
-    return [torch.bincount(draw_many(p, uniforms), minlength=p.shape[-1]) for p in prob_rows]
+    return [torch.bincount(core.sample(p, uniform=uniforms), minlength=p.shape[-1]) for p in prob_rows]
 
 
 def counts_table(counts: Sequence[Tensor], names: Sequence[str], logits: Tensor,
