@@ -49,9 +49,3 @@ def save_upload(name: str, data: bytes) -> str:
         os.replace(tmp, path)
     return str(path)
 
-
-def clear_caches() -> None:
-    """For tests: forget cached models and logits."""
-    get_model.clear()
-    next_token_logits.clear()
-    encode_prompt.clear()
