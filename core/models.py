@@ -12,23 +12,50 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import GPTConfig, LlamaConfig
+from .parallel import Halves, linear, split, split_padding
 
 
 def column_major(w: Tensor) -> nn.Parameter:
     """Same values and shape (out, in), stored (in, out): MKL's one-row GEMV streams this layout
-    about 1.5x faster than row-major on this CPU, and multi-threads it (measured in bench/)."""
-    return nn.Parameter(w.detach().t().contiguous().t(), requires_grad=False)
+    about 1.5x faster than row-major on this CPU (measured in bench/). The storage keeps the few
+    spare elements `parallel.two_way_view` needs to split it in two for the two-core path."""
+    return nn.Parameter(_padded_column_major(w.detach()), requires_grad=False)
+
+
+def row_major(w: Tensor) -> nn.Parameter:
+    """(out, in) stored row by row: the faster layout for the GEMVs whose input is the wide side."""
+    return nn.Parameter(w.detach().contiguous(), requires_grad=False)
+
+
+def _padded_column_major(w: Tensor) -> Tensor:
+    out, inn = w.shape
+    buf = w.new_zeros(inn * out + split_padding(out))
+    buf[:inn * out].view(inn, out).copy_(w.t())
+    return buf[:inn * out].view(inn, out).t()
 
 
 def _fuse_column_major(*linears: nn.Linear) -> Tensor:
     """One (sum of outs, in) column-major weight; each Linear's weight becomes a view into it."""
-    fused = torch.cat([lin.weight.detach() for lin in linears], dim=0).t().contiguous().t()
+    fused = _padded_column_major(torch.cat([lin.weight.detach() for lin in linears], dim=0))
     start = 0
     for lin in linears:
         n = lin.weight.shape[0]
         lin.weight = nn.Parameter(fused[start:start + n], requires_grad=False)
         start += n
     return fused
+
+
+class Linear(nn.Linear):
+    """nn.Linear (same parameters and state dict) that can run a one-token step on two cores
+    once `split()` has viewed its weight as two halves (see core/parallel.py)."""
+
+    halves: Halves | None = None
+
+    def split(self) -> None:
+        self.halves = split(self.weight, self.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return linear(x, self.weight, self.bias, self.halves)
 
 
 def _after_load(module: nn.Module, incompatible_keys: object) -> None:
@@ -61,9 +88,10 @@ class KVCache:
         end = self.pos + k.shape[2]
         if end > self.max_len:
             raise ValueError(f"KV cache overflow: {end} tokens > max_len {self.max_len}")
-        self.k[layer][:, :, self.pos:end] = k
-        self.v[layer][:, :, self.pos:end] = v
-        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
+        keys, values = self.k[layer], self.v[layer]
+        keys.narrow(2, self.pos, k.shape[2]).copy_(k)
+        values.narrow(2, self.pos, v.shape[2]).copy_(v)
+        return keys.narrow(2, 0, end), values.narrow(2, 0, end)
 
 
 def _attend(q: Tensor, k: Tensor, v: Tensor, past: int, gqa: bool) -> Tensor:
@@ -94,7 +122,7 @@ class _Decoder(nn.Module):
         self.cfg = cfg
         self.tok_emb = _embedding(cfg.vocab_size, cfg.emb_dim)
         self.final_norm = final_norm
-        self.out_head = nn.Linear(cfg.emb_dim, cfg.vocab_size, bias=False)
+        self.out_head = Linear(cfg.emb_dim, cfg.vocab_size, bias=False)
         if cfg.tied_head:
             self.out_head.weight = self.tok_emb.weight
         self.register_load_state_dict_post_hook(_after_load)
@@ -104,6 +132,7 @@ class _Decoder(nn.Module):
         self.out_head.weight = head
         if self.cfg.tied_head:
             self.tok_emb.weight = head
+        self.out_head.split()
 
     def new_cache(self, batch: int, max_len: int) -> KVCache:
         c = self.cfg
@@ -132,8 +161,8 @@ class GPTAttention(nn.Module):
     def __init__(self, cfg: GPTConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.qkv = nn.Linear(cfg.emb_dim, 3 * cfg.emb_dim, bias=cfg.qkv_bias)
-        self.out_proj = nn.Linear(cfg.emb_dim, cfg.emb_dim)
+        self.qkv = Linear(cfg.emb_dim, 3 * cfg.emb_dim, bias=cfg.qkv_bias)
+        self.out_proj = Linear(cfg.emb_dim, cfg.emb_dim)
 
     def forward(self, x: Tensor, layer: int, cache: KVCache | None) -> Tensor:
         b, t, d = x.shape
@@ -154,8 +183,8 @@ class GPTBlock(nn.Module):
         self.norm1 = nn.LayerNorm(cfg.emb_dim, eps=cfg.norm_eps)
         self.att = GPTAttention(cfg)
         self.norm2 = nn.LayerNorm(cfg.emb_dim, eps=cfg.norm_eps)
-        self.ff = nn.Sequential(nn.Linear(cfg.emb_dim, 4 * cfg.emb_dim), nn.GELU(approximate="tanh"),
-                                nn.Linear(4 * cfg.emb_dim, cfg.emb_dim))
+        self.ff = nn.Sequential(Linear(cfg.emb_dim, 4 * cfg.emb_dim), nn.GELU(approximate="tanh"),
+                                Linear(4 * cfg.emb_dim, cfg.emb_dim))
 
     def forward(self, x: Tensor, layer: int, cache: KVCache | None) -> Tensor:
         x = x + self.att(self.norm1(x), layer, cache)
@@ -178,6 +207,10 @@ class GPTModel(_Decoder):
         for block in self.blocks:
             block.att.qkv.weight = column_major(block.att.qkv.weight)
             block.ff[0].weight = column_major(block.ff[0].weight)
+            block.att.out_proj.weight = row_major(block.att.out_proj.weight)
+            block.ff[2].weight = row_major(block.ff[2].weight)
+            for lin in (block.att.qkv, block.att.out_proj, block.ff[0], block.ff[2]):
+                lin.split()
         self._layout_head()
 
     def forward(self, idx: Tensor, cache: KVCache | None = None, last_only: bool = False) -> Tensor:
@@ -194,19 +227,19 @@ class GPTModel(_Decoder):
 
 @functools.lru_cache(maxsize=8)
 def rope_tables(head_dim: int, base: float, length: int, device: str = "cpu") -> tuple[Tensor, Tensor]:
-    """cos/sin tables (length, head_dim) for "rotate half" RoPE; cached and never mutated."""
+    """cos and signed sin tables (length, head_dim) for "rotate half" RoPE, the sin's first half
+    negated so that `apply_rope` needs no slicing; cached and never mutated."""
     # float32 throughout, as Hugging Face computes it, so logits match transformers exactly
     inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
     angles = torch.outer(torch.arange(length, dtype=torch.int64).float(), inv_freq)  # (L, hd/2)
-    angles = torch.cat([angles, angles], dim=-1)  # (L, hd)
-    return angles.cos().to(device), angles.sin().to(device)
+    sin = angles.sin()
+    return torch.cat([angles, angles], dim=-1).cos().to(device), torch.cat([-sin, sin], dim=-1).to(device)
 
 
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """x (B, H, T, hd); cos/sin (T, hd)."""
-    half = x.shape[-1] // 2
-    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-    return x * cos.to(x.dtype) + rotated * sin.to(x.dtype)
+    """Rotate-half RoPE, [x1, x2] -> [x1 cos - x2 sin, x2 cos + x1 sin], on x's last dim; cos and sin
+    from `rope_tables`, broadcastable to x. Same bits as -x2 * sin: IEEE negation is exact."""
+    return x * cos.to(x.dtype) + x.roll(x.shape[-1] // 2, dims=-1) * sin.to(x.dtype)
 
 
 class RMSNorm(nn.Module):
@@ -216,9 +249,10 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: Tensor) -> Tensor:
-        xf = x.float()
+        # Hugging Face's formula, computed in float32; fewer dispatched ops than F.rms_norm
+        xf = x if x.dtype == torch.float32 else x.float()
         xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * xf.to(x.dtype)
+        return self.weight * (xf if x.dtype == torch.float32 else xf.to(x.dtype))
 
 
 class LlamaAttention(nn.Module):
@@ -226,25 +260,27 @@ class LlamaAttention(nn.Module):
         super().__init__()
         self.cfg = cfg
         hd = cfg.head_dim
-        self.q_proj = nn.Linear(cfg.emb_dim, cfg.n_heads * hd, bias=False)
-        self.k_proj = nn.Linear(cfg.emb_dim, cfg.n_kv_heads * hd, bias=False)
-        self.v_proj = nn.Linear(cfg.emb_dim, cfg.n_kv_heads * hd, bias=False)
-        self.o_proj = nn.Linear(cfg.n_heads * hd, cfg.emb_dim, bias=False)
+        self.q_proj = Linear(cfg.emb_dim, cfg.n_heads * hd, bias=False)
+        self.k_proj = Linear(cfg.emb_dim, cfg.n_kv_heads * hd, bias=False)
+        self.v_proj = Linear(cfg.emb_dim, cfg.n_kv_heads * hd, bias=False)
+        self.o_proj = Linear(cfg.n_heads * hd, cfg.emb_dim, bias=False)
         # q, k, v in one matmul; set by prepare_for_inference (not saved: the state dict keeps q/k/v)
         self.register_buffer("qkv_weight", None, persistent=False)
+        self.qkv_halves: Halves | None = None
 
     def forward(self, x: Tensor, layer: int, cache: KVCache | None, cos: Tensor, sin: Tensor) -> Tensor:
         b, t, _ = x.shape
         c = self.cfg
         nq, nkv = c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim
         if self.qkv_weight is not None:
-            q, k, v = F.linear(x, self.qkv_weight).split([nq, nkv, nkv], dim=-1)
+            qkv = linear(x, self.qkv_weight, None, self.qkv_halves)
         else:
-            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
-        q = q.view(b, t, c.n_heads, c.head_dim).transpose(1, 2)      # (B, H, T, hd)
-        k = k.view(b, t, c.n_kv_heads, c.head_dim).transpose(1, 2)   # (B, H_kv, T, hd)
-        v = v.view(b, t, c.n_kv_heads, c.head_dim).transpose(1, 2)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+            qkv = torch.cat([self.q_proj(x), self.k_proj(x), self.v_proj(x)], dim=-1)
+        # q and k rotated together: one RoPE instead of two
+        qk = apply_rope(qkv[..., :nq + nkv].view(b, t, c.n_heads + c.n_kv_heads, c.head_dim), cos, sin)
+        q = qk[:, :, :c.n_heads].transpose(1, 2)   # (B, H, T, hd)
+        k = qk[:, :, c.n_heads:].transpose(1, 2)   # (B, H_kv, T, hd)
+        v = qkv[..., nq + nkv:].view(b, t, c.n_kv_heads, c.head_dim).transpose(1, 2)
         past = 0
         if cache is not None:
             past = cache.pos
@@ -256,14 +292,15 @@ class LlamaAttention(nn.Module):
 class LlamaMLP(nn.Module):
     def __init__(self, cfg: LlamaConfig) -> None:
         super().__init__()
-        self.gate_proj = nn.Linear(cfg.emb_dim, cfg.hidden_dim, bias=False)
-        self.up_proj = nn.Linear(cfg.emb_dim, cfg.hidden_dim, bias=False)
-        self.down_proj = nn.Linear(cfg.hidden_dim, cfg.emb_dim, bias=False)
+        self.gate_proj = Linear(cfg.emb_dim, cfg.hidden_dim, bias=False)
+        self.up_proj = Linear(cfg.emb_dim, cfg.hidden_dim, bias=False)
+        self.down_proj = Linear(cfg.hidden_dim, cfg.emb_dim, bias=False)
         self.register_buffer("gate_up_weight", None, persistent=False)  # see LlamaAttention.qkv_weight
+        self.gate_up_halves: Halves | None = None
 
     def forward(self, x: Tensor) -> Tensor:
         if self.gate_up_weight is not None:
-            gate, up = F.linear(x, self.gate_up_weight).chunk(2, dim=-1)
+            gate, up = linear(x, self.gate_up_weight, None, self.gate_up_halves).chunk(2, dim=-1)
         else:
             gate, up = self.gate_proj(x), self.up_proj(x)
         return self.down_proj(F.silu(gate) * up)
@@ -297,6 +334,11 @@ class LlamaModel(_Decoder):
             att, mlp = block.attn, block.mlp
             att.qkv_weight = _fuse_column_major(att.q_proj, att.k_proj, att.v_proj)
             mlp.gate_up_weight = _fuse_column_major(mlp.gate_proj, mlp.up_proj)
+            att.qkv_halves, mlp.gate_up_halves = split(att.qkv_weight), split(mlp.gate_up_weight)
+            att.o_proj.weight = row_major(att.o_proj.weight)
+            mlp.down_proj.weight = row_major(mlp.down_proj.weight)
+            att.o_proj.split()
+            mlp.down_proj.split()
         self._layout_head()
 
     def forward(self, idx: Tensor, cache: KVCache | None = None, last_only: bool = False) -> Tensor:
@@ -304,7 +346,7 @@ class LlamaModel(_Decoder):
         start = self._start(idx, cache)
         end = start + idx.shape[1]
         cos, sin = rope_tables(self.cfg.head_dim, self.cfg.rope_base, self.cfg.context_length, str(idx.device))
-        cos, sin = cos[start:end], sin[start:end]
+        cos, sin = cos[start:end, None], sin[start:end, None]  # (T, 1, hd): broadcast over heads
         x = self.tok_emb(idx)  # (B, T, D)
         for i, block in enumerate(self.blocks):
             x = block(x, i, cache, cos, sin)

@@ -1,9 +1,10 @@
 """Process-wide runtime settings: torch threads, and the optional bfloat16 (approximate) mode.
 
 Measured on the project's 2-core CPU (bench/RESULTS.md): with the other core busy (the Streamlit
-server, a second session, a browser), two torch threads spin-wait on each other and decode can be
-several times slower than with one; one thread loses little at decode, where memory bandwidth is the
-limit. So the default is one thread, overridable with SAMPLING_LAB_THREADS.
+server, a second session, a browser), two torch threads wait on each other and decode is about 2x
+slower than with one, and MKL's one-row matmuls gain nothing from a second thread anyway. So the
+default is one thread, overridable with SAMPLING_LAB_THREADS; decode steps get the second core
+through core/parallel.py, only while it is free.
 """
 from __future__ import annotations
 
