@@ -9,7 +9,9 @@ from core.runtime import configure_threads
 from ui.controls import render_sidebar
 
 st.set_page_config(page_title="Sampling Lab", page_icon=":material/casino:", layout="wide")
-configure_threads()  # one torch thread: two collapse when the other core is busy (bench/RESULTS.md)
+# On every run: each rerun is a new thread, which copies torch's process-wide thread count, and a
+# two-core decode step (core/parallel.py) raises that count for a moment. One thread: bench/RESULTS.md.
+configure_threads()
 
 pages = [
     st.Page("app_pages/next_token.py", title="Next token", icon=":material/bar_chart:", default=True),

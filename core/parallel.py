@@ -4,7 +4,12 @@ A one-token decode step is a chain of matrix-vector products bound by memory ban
 runs each one on a single core however many threads torch has (bench/: 2 threads, same speed).
 Here each weight is viewed as two column halves and one batched matmul computes both halves, one
 per core: about 1.3x faster steps. Every output is still the same dot product summed in the same
-order, so the logits do not change by a single bit (tests/test_exactness.py).
+order, so the logits do not change by a single bit (tests/test_parallel.py).
+
+The switch to two threads is torch.set_num_threads on the calling thread, for one op. A thread that
+starts meanwhile copies torch's process-wide count (2) on its first op, so code that runs the model
+on many threads pins the count at the start of each one (core.runtime.configure_threads; app.py
+does it on every run).
 
 Both cores only pay off while the second one is free: with another process on it, threads that
 wait for each other make a step about 2x slower. `CoreGovernor` watches the machine and allows the

@@ -2,6 +2,7 @@
 governor that only allows it while the machine is otherwise idle."""
 from __future__ import annotations
 
+import threading
 from dataclasses import replace
 
 import pytest
@@ -172,3 +173,26 @@ def test_governor_modes_and_unknown_machines(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv("SAMPLING_LAB_TWO_CORES", "sometimes")
     with pytest.raises(ValueError, match="SAMPLING_LAB_TWO_CORES must be auto, on or off, got 'sometimes'"):
         CoreGovernor()
+
+
+def test_a_new_thread_is_pinned_back_to_the_configured_count() -> None:
+    """A thread that starts during a two-core op copies torch's count (2); configure_threads, which
+    app.py runs at the start of every script run, pins it back."""
+    from core.runtime import configure_threads
+
+    before = torch.get_num_threads()
+    seen: list[int] = []
+
+    def work() -> None:
+        seen.append(torch.get_num_threads())
+        configure_threads(1)
+        seen.append(torch.get_num_threads())
+
+    torch.set_num_threads(2)  # what core.parallel.linear leaves process-wide for the length of one op
+    try:
+        t = threading.Thread(target=work)
+        t.start()
+        t.join()
+    finally:
+        torch.set_num_threads(before)
+    assert seen == [2, 1]
