@@ -90,6 +90,7 @@ def generate_many(lm: LanguageModel, prompt: str | Sequence[int], configs: Seque
     done = [False] * b
     cache: KVCache | None = None
     request = id(gen)  # names this request to the two-core governor
+    GOVERNOR.begin(request)
     try:
         with torch.inference_mode():
             if use_cache:

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-ALIGN = 16  # each half starts on a 64-byte boundary: MKL then sums every column in the same order
+ALIGN = 16  # halves a multiple of 16 floats wide: at odd widths MKL rounded some columns differently
 TWO_CORES_ENV = "SAMPLING_LAB_TWO_CORES"
 
 _two_way: ContextVar[bool] = ContextVar("sampling_lab_two_way", default=False)
@@ -51,7 +51,6 @@ class Halves:
 
     weight: Tensor
     bias: Tensor | None
-    out_features: int
 
 
 def two_way_view(weight: Tensor) -> Tensor | None:
@@ -83,7 +82,7 @@ def split(weight: Tensor, bias: Tensor | None = None) -> Halves | None:
         padded = bias.detach().new_zeros(2 * h)
         padded[:bias.shape[0]] = bias.detach()
         padded = padded.view(2, 1, h)
-    return Halves(halves, padded, weight.shape[0])
+    return Halves(halves, padded)
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, halves: Halves | None = None) -> Tensor:
@@ -98,7 +97,7 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, halves: Halves
         return y.view(*x.shape[:-1], out)
     pair = row.expand(2, 1, -1)
     before = torch.get_num_threads()
-    torch.set_num_threads(2)  # this thread only, for this one op: everything else stays as it was
+    torch.set_num_threads(2)  # for this one op; other threads keep theirs (but see the module docstring)
     try:  # (2, 1, h): the column halves side by side
         y = torch.bmm(pair, halves.weight) if halves.bias is None else torch.baddbmm(halves.bias, pair, halves.weight)
     finally:
@@ -171,6 +170,11 @@ class CoreGovernor:
                     del self._last_step[other]
             alone = len(self._last_step) == 1
             return alone and (self.mode == "on" or self._free(now))
+
+    def begin(self, request: int) -> None:
+        """Count `request` as running until its first step (a long prompt's forward pass takes a core)."""
+        with self._lock:
+            self._last_step[request] = float("inf")
 
     def finish(self, request: int) -> None:
         with self._lock:

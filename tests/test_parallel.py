@@ -159,6 +159,11 @@ def test_governor_one_core_while_two_requests_run(monkeypatch: pytest.MonkeyPatc
     gov.allow(3)
     m.advance(1.0)                                  # request 3 went quiet without finishing
     assert _steps(gov, m, 10, request=1)[-1]
+    gov.begin(4)                                    # request 4 reads its prompt, however long that takes
+    m.advance(5.0)
+    assert not any(_steps(gov, m, 10, request=1))
+    gov.finish(4)
+    assert _steps(gov, m, 10, request=1)[-1]
 
 
 def test_governor_modes_and_unknown_machines(monkeypatch: pytest.MonkeyPatch) -> None:
