@@ -121,15 +121,34 @@ def machine() -> dict[str, str]:
 
 def read_bandwidth(threads: int, repeats: int = 7) -> list[float]:
     """GB/s of a float32 sum over 512 MiB: far larger than the caches, so every byte comes from DRAM."""
+    before = torch.get_num_threads()
     configure_threads(threads)
-    x = torch.ones(128 * 2**20)
-    x.sum()
-    out = []
-    for _ in range(repeats):
-        t = time.perf_counter()
+    try:
+        x = torch.ones(128 * 2**20)
         x.sum()
-        out.append(x.numel() * 4 / (time.perf_counter() - t) / 1e9)
+        out = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            x.sum()
+            out.append(x.numel() * 4 / (time.perf_counter() - t) / 1e9)
+    finally:
+        configure_threads(before)
     return out
+
+
+def bandwidth_rows(table: Table, section: str, repeats: int) -> None:
+    for n in (1, 2):
+        table.add(section, f"memory read, {n} thread{'s' * (n > 1)} (sum of 512 MiB float32)", "GB/s",
+                  statistics.median(read_bandwidth(n, repeats)))
+
+
+def cpu_ticks() -> tuple[int, int]:
+    """(ticks stolen by the hypervisor, all ticks) of all CPUs so far, from /proc/stat; (0, 0) elsewhere."""
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return 0, 0
+    return (fields[7] if len(fields) > 7 else 0), sum(fields[:8])
 
 
 def weight_bytes_per_token(model: torch.nn.Module) -> int:
@@ -299,6 +318,8 @@ def bench_generation(table: Table, label: str, lm: core.LanguageModel, hf_model,
         if lm_bf16 is not None:
             methods.append(("ours bf16 (approximate)", lambda: run_ours(lm_bf16, ids)))
         for r in range(repeats):
+            # the ceiling's bandwidth, measured between the decode runs, under the same conditions
+            bandwidth_rows(table, f"{label}, ceiling", repeats=3)
             for name, fn in methods:
                 if name == "tutorial loop" and plen > 100 and r >= 2:
                     continue  # sampled; two repeats keep the run short
@@ -433,12 +454,12 @@ def main() -> None:
     info = machine()
     table = Table()
 
+    steal0 = cpu_ticks()
     log("memory bandwidth")
     bw = {n: read_bandwidth(n) for n in (1, 2)}
     for n, vals in bw.items():
         for v in vals:
             table.add("bandwidth", f"memory read, {n} thread{'s' * (n > 1)} (sum of 512 MiB float32)", "GB/s", v)
-    best_bw = max(statistics.median(v) for v in bw.values())
 
     threads = configure_threads(args.threads)
     info["torch threads (generation)"] = (f"{threads}; one-token steps use both cores while the other is free "
@@ -460,9 +481,12 @@ def main() -> None:
                 ms = statistics.median(bare_decode_ms(m, 5, two=two))
                 table.add(f"{label}, ceiling", f"{name}: model-only decode step (ctx 5)", "ms", ms)
         nbytes = weight_bytes_per_token(lm.model)
+        best_bw = max(table.get(f"{label}, ceiling", f"memory read, {n} thread{'s' * (n > 1)} (sum of 512 MiB "
+                                f"float32)") for n in (1, 2))
         ceiling = best_bw * 1e9 / nbytes
         table.add(f"{label}, ceiling", f"weights read per token", "MB", nbytes / 1e6)
-        table.add(f"{label}, ceiling", "bandwidth ceiling (best read GB/s ÷ bytes per token)", "tok/s", ceiling)
+        table.add(f"{label}, ceiling", "bandwidth ceiling (best median read GB/s above ÷ bytes per token)", "tok/s",
+                  ceiling)
         for plen in PROMPTS:
             ours = table.get(f"{label}, prompt {plen}", "ours (core.generate): decode")
             table.add(f"{label}, ceiling", f"ours (core.generate) at prompt {plen} as share of ceiling", "%",
@@ -485,6 +509,10 @@ def main() -> None:
     summary = targets(table)
     elapsed = time.perf_counter() - started
     info["load average at end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    steal1 = cpu_ticks()
+    if steal1[1] > steal0[1]:
+        info["CPU time stolen by the hypervisor during the bench"] = \
+            f"{100 * (steal1[0] - steal0[0]) / (steal1[1] - steal0[1]):.1f}%"
     info["bench wall time"] = f"{elapsed / 60:.1f} min"
     text = report(info, table, summary)
     print(text)

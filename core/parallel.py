@@ -149,6 +149,7 @@ class CoreGovernor:
         if mode not in ("auto", "on", "off"):
             raise ValueError(f"{TWO_CORES_ENV} must be auto, on or off, got {mode!r}")
         self.mode = mode
+        self.cpus = os.cpu_count() or 1  # os.cpu_count() costs ~20 us: read once
         self.window_s, self.busy_cores, self.recent_s = window_s, busy_cores, recent_s
         self._read, self._clock = read, clock
         self._lock = threading.Lock()
@@ -160,7 +161,7 @@ class CoreGovernor:
 
     def allow(self, request: int) -> bool:
         """Record a step of `request` and say whether it may use both cores."""
-        if self.mode == "off" or (os.cpu_count() or 1) < 2:
+        if self.mode == "off" or self.cpus < 2:
             return False
         now = self._clock()
         with self._lock:
@@ -194,7 +195,7 @@ class CoreGovernor:
             self._machine_free = False
             return False
         (busy0, total0, own0), (busy1, total1, own1) = base[1], reading
-        elapsed = (total1 - total0) / (os.cpu_count() or 1)  # ticks of wall time
+        elapsed = (total1 - total0) / self.cpus  # ticks of wall time
         if elapsed > 0:
             self.others_busy = max(0, (busy1 - busy0) - (own1 - own0)) / elapsed
             self._machine_free = self.others_busy < self.busy_cores

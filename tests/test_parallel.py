@@ -174,7 +174,7 @@ def test_governor_modes_and_unknown_machines(monkeypatch: pytest.MonkeyPatch) ->
     assert not any(_steps(_governor(m, mode="off"), m, 20))
     assert not any(_steps(CoreGovernor(read=lambda: None, clock=lambda: m.t, mode="auto"), m, 20))  # no /proc
     monkeypatch.setattr("os.cpu_count", lambda: 1)
-    assert not any(_steps(_governor(_Machine(), mode="on"), m, 3))
+    assert not any(_steps(_governor(_Machine(cpus=1), mode="on"), m, 3))
     monkeypatch.setenv("SAMPLING_LAB_TWO_CORES", "sometimes")
     with pytest.raises(ValueError, match="SAMPLING_LAB_TWO_CORES must be auto, on or off, got 'sometimes'"):
         CoreGovernor()
