@@ -136,7 +136,8 @@ class CoreGovernor:
     """Decides, per decode step, whether the two-core path may run.
 
     Yes only if this machine has two or more cores, no other generation in this process stepped
-    within `recent_s`, and other processes used less than `busy_cores` of a core, measured from
+    within `recent_s`, and other processes left two cores free (on 2 cores: they used less than
+    `busy_cores` of a core), measured from
     /proc over the last `window_s`..2x`window_s` (off Linux the answer is no). After an idle spell
     the first `window_s` runs on one core while it measures. $SAMPLING_LAB_TWO_CORES = on / off
     overrides the machine check; the default is auto.
@@ -198,7 +199,8 @@ class CoreGovernor:
         elapsed = (total1 - total0) / self.cpus  # ticks of wall time
         if elapsed > 0:
             self.others_busy = max(0, (busy1 - busy0) - (own1 - own0)) / elapsed
-            self._machine_free = self.others_busy < self.busy_cores
+            # our two threads need two cores: the free ones beyond the first two must absorb the rest
+            self._machine_free = self.others_busy < self.cpus - 2 + self.busy_cores
         self._checked = now
         if now - base[0] >= 2 * self.window_s:
             self._base = (now, reading)

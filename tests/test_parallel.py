@@ -147,6 +147,16 @@ def test_governor_allows_two_cores_only_on_an_idle_machine(monkeypatch: pytest.M
     assert _steps(gov, m, 20)[-1]               # and it comes back once the process is gone
 
 
+def test_governor_on_a_bigger_machine_needs_only_two_free_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("os.cpu_count", lambda: 4)
+    m = _Machine(cpus=4)
+    m.others = 1.5                              # a core and a half busy: two of four still free
+    gov = _governor(m)
+    assert _steps(gov, m, 20)[-1]
+    m.others = 2.5
+    assert not _steps(gov, m, 20)[-1]
+
+
 def test_governor_one_core_while_two_requests_run(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("os.cpu_count", lambda: 2)
     m = _Machine()
