@@ -136,11 +136,11 @@ class CoreGovernor:
     """Decides, per decode step, whether the two-core path may run.
 
     Yes only if this machine has two or more cores, no other generation in this process stepped
-    within `recent_s`, and other processes left two cores free (on 2 cores: they used less than
-    `busy_cores` of a core), measured from
-    /proc over the last `window_s`..2x`window_s` (off Linux the answer is no). After an idle spell
-    the first `window_s` runs on one core while it measures. $SAMPLING_LAB_TWO_CORES = on / off
-    overrides the machine check; the default is auto.
+    within `recent_s` (or is reading its prompt), and other processes left two cores free (on 2
+    cores: they used less than `busy_cores` of a core), measured from /proc over the last
+    `window_s`..2x`window_s` (off Linux the answer is no). After an idle spell the first `window_s`
+    runs on one core while it measures. $SAMPLING_LAB_TWO_CORES = on / off overrides the machine
+    check; the default is auto.
     """
 
     def __init__(self, window_s: float = 0.1, busy_cores: float = 0.25, recent_s: float = 0.5,
