@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import http.client
 import json
+import re
 import threading
 import urllib.parse
 import urllib.request
@@ -17,6 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import Page, expect
 
 import core
 from ui import generate_view as gv
@@ -132,7 +134,9 @@ def test_hostile_prompt_and_model_text_run_nothing_and_fetch_nothing(page, app_u
     _no_script_ran(page, dialogs)
 
     _generate_on(page, "Generate", "gen")
-    assert page.locator(".sl-tok").count() == 8
+    # wait for the end of the run, not just an idle moment: the last redraw can land between two runs
+    expect(page.get_by_text(re.compile("^Finished:"))).to_be_visible(timeout=180_000)
+    expect(page.locator(".sl-tok")).to_have_count(8)
     assert "window.__xss=2" in page.locator(".sl-gen").inner_text()        # the prompt, as text
     _no_script_ran(page, dialogs)
 
@@ -144,7 +148,7 @@ def test_hostile_prompt_and_model_text_run_nothing_and_fetch_nothing(page, app_u
     wait_idle(page, 120_000)
     assert page.locator("[data-testid='stAlert']", has_text="Could not").count() == 0
     tokens = page.locator(".sl-tok")
-    assert tokens.count() == len(payloads(tracker))
+    expect(tokens).to_have_count(len(payloads(tracker)))
     shown = page.locator(".sl-gen").inner_text()
     assert "<script>window.__xss=2;alert(2)</script>" in shown and f"![x]({tracker}/leak)" in shown
     for i in range(tokens.count()):                                        # tooltips and hover handlers
