@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 import core
-from core.parallel import GOVERNOR, TWO_CORES_ENV, two_way
+from core.parallel import GOVERNOR, TWO_CORES_ENV, cpu_times, two_way
 from core.runtime import approximate, configure_threads
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -143,11 +143,8 @@ def bandwidth_rows(table: Table, section: str, repeats: int) -> None:
 
 
 def cpu_ticks() -> tuple[int, int]:
-    """(ticks stolen by the hypervisor, all ticks) of all CPUs so far, from /proc/stat; (0, 0) elsewhere."""
-    try:
-        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    except (OSError, ValueError):
-        return 0, 0
+    """(ticks stolen by the hypervisor, all ticks) of all CPUs so far; (0, 0) off Linux."""
+    fields = cpu_times() or []
     return (fields[7] if len(fields) > 7 else 0), sum(fields[:8])
 
 

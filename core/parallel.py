@@ -117,14 +117,25 @@ def two_way(enabled: bool = True) -> Iterator[None]:
 
 # ---------------------------------------------------------------- when to use both cores
 
-def _read_proc() -> tuple[int, int, int] | None:
-    """(busy ticks of all CPUs, all ticks of all CPUs, ticks this process ran), or None off Linux."""
+def cpu_times() -> list[int] | None:
+    """All CPUs' tick counters from /proc/stat (user nice system idle iowait irq softirq steal ...),
+    or None off Linux."""
     try:
         with open("/proc/stat", "rb") as f:
-            fields = [int(v) for v in f.readline().split()[1:]]
+            return [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+
+
+def _read_proc() -> tuple[int, int, int] | None:
+    """(busy ticks of all CPUs, all ticks of all CPUs, ticks this process ran), or None off Linux."""
+    fields = cpu_times()
+    if fields is None:
+        return None
+    try:
         with open("/proc/self/stat", "rb") as f:
             stat = f.read()
-    except (OSError, ValueError):
+    except OSError:
         return None
     after_name = stat[stat.rindex(b")") + 2:].split()
     own = int(after_name[11]) + int(after_name[12])  # utime + stime
