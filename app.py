@@ -9,8 +9,8 @@ from core.runtime import configure_threads
 from ui.controls import render_sidebar
 
 st.set_page_config(page_title="Sampling Lab", page_icon=":material/casino:", layout="wide")
-# On every run: each rerun is a new thread, which copies torch's process-wide thread count, and a
-# two-core decode step (core/parallel.py) raises that count for a moment. One thread: bench/RESULTS.md.
+# On every run: each rerun is a new thread, which starts from torch's process-wide thread count.
+# One thread: bench/RESULTS.md (decode steps take the second core through core/parallel.py).
 configure_threads()
 
 pages = [

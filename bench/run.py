@@ -6,6 +6,7 @@ and reported as the median over repeats with [min–max]. Prints one table and w
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import gc
 import json
@@ -17,14 +18,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 import core
-from core.parallel import GOVERNOR, TWO_CORES_ENV, cpu_times, two_way
+from core.parallel import BLAS, GOVERNOR, TWO_CORES_ENV, cpu_times, two_way
 from core.runtime import approximate, configure_threads
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -346,6 +347,21 @@ def bare_decode_ms(lm: core.LanguageModel, ctx: int, steps: int = 30, two: bool 
     return out
 
 
+@contextlib.contextmanager
+def torch_gemvs(model: torch.nn.Module) -> Iterator[None]:
+    """Decode GEMVs on torch's own BLAS (MKL, one core) instead of numpy's OpenBLAS: the kernel
+    comparison behind core/parallel.py."""
+    saved = [(mod, attr, getattr(mod, attr)) for mod in model.modules()
+             for attr in ("gemv", "qkv_gemv", "gate_up_gemv") if getattr(mod, attr, None) is not None]
+    for mod, attr, _ in saved:
+        setattr(mod, attr, None)
+    try:
+        yield
+    finally:
+        for mod, attr, gemv in saved:
+            setattr(mod, attr, gemv)
+
+
 # ---------------------------------------------------------------- threads
 
 def _busy(stop_at: float) -> None:
@@ -355,7 +371,7 @@ def _busy(stop_at: float) -> None:
 
 def bench_threads(table: Table, lm: core.LanguageModel, label: str, threads: int) -> None:
     """Decode, idle and with a busy loop in another process: model-only steps on one core, on two
-    cores (core.parallel), and with 2 torch threads for everything; then core.generate with the
+    cores (core.parallel), and plain torch with 2 threads for everything; then core.generate with the
     governor deciding (auto) against one core, in ms per token."""
     ids = list(range(1000, 1100))
     for busy in (False, True):
@@ -368,9 +384,10 @@ def bench_threads(table: Table, lm: core.LanguageModel, label: str, threads: int
         try:
             for _ in range(2):
                 for name, n, two in (("one core", 1, False), ("two cores (core.parallel)", 1, True),
-                                     ("2 torch threads for every op", 2, False)):
+                                     ("2 torch threads for every op, GEMVs on torch's MKL", 2, False)):
                     configure_threads(n)
-                    ms = statistics.median(bare_decode_ms(lm, 100, steps=15, two=two))
+                    with torch_gemvs(lm.model) if n > 1 else contextlib.nullcontext():
+                        ms = statistics.median(bare_decode_ms(lm, 100, steps=15, two=two))
                     table.add("threads", f"{label} decode step, {name}, {load}", "ms", ms)
                 configure_threads(threads)
                 for name, mode in (("one core", "off"), ("auto (governor)", "auto")):
@@ -461,6 +478,7 @@ def main() -> None:
     threads = configure_threads(args.threads)
     info["torch threads (generation)"] = (f"{threads}; one-token steps use both cores while the other is free "
                                           f"(core.parallel, {TWO_CORES_ENV}={GOVERNOR.mode})")
+    info["decode GEMVs"] = BLAS.config if BLAS is not None else "torch (no OpenBLAS in numpy here)"
 
     models = [("GPT-2 124M random", lambda: core.load_model("random:gpt2"), hf_gpt2_from_ours),
               ("SmolLM2-135M", lambda: core.load_model("smollm2"), lambda lm: hf_smollm2())]
@@ -473,9 +491,11 @@ def main() -> None:
         bench_generation(table, label, lm, hf_model, args.repeats, lm_bf16)
         log(f"{label}: bare decode and bandwidth share")
         for _ in range(args.repeats):
-            for name, m, two in (("ours one core", lm, False), ("ours two cores", lm, True),
-                                  ("ours bf16 one core", lm_bf16, False)):
-                ms = statistics.median(bare_decode_ms(m, 5, two=two))
+            for name, m, two, mkl in (("ours one core", lm, False, False), ("ours two cores", lm, True, False),
+                                       ("ours one core, GEMVs on torch's MKL", lm, False, True),
+                                       ("ours bf16 one core", lm_bf16, False, False)):
+                with torch_gemvs(m.model) if mkl else contextlib.nullcontext():
+                    ms = statistics.median(bare_decode_ms(m, 5, two=two))
                 table.add(f"{label}, ceiling", f"{name}: model-only decode step (ctx 5)", "ms", ms)
         nbytes = weight_bytes_per_token(lm.model)
         best_bw = max(table.get(f"{label}, ceiling", f"memory read, {n} thread{'s' * (n > 1)} (sum of 512 MiB "

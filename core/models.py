@@ -12,13 +12,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import GPTConfig, LlamaConfig
-from .parallel import Halves, linear, split, split_padding
+from .parallel import Gemv, linear, padded_width, prepare
 
 
 def column_major(w: Tensor) -> nn.Parameter:
-    """Same values and shape (out, in), stored (in, out): MKL's one-row GEMV streams this layout
-    about 1.5x faster than row-major on this CPU (measured in bench/). The storage keeps the few
-    spare elements `parallel.two_way_view` needs to split it in two for the two-core path."""
+    """Same values and shape (out, in), stored (in, out) with zero columns up to a multiple of
+    `parallel.ALIGN`: one-row GEMVs stream this layout up to 2x faster than row-major when out is
+    the wide side (measured in bench/), and the padding lets OpenBLAS split it evenly in two."""
     return nn.Parameter(_padded_column_major(w.detach()), requires_grad=False)
 
 
@@ -29,9 +29,9 @@ def row_major(w: Tensor) -> nn.Parameter:
 
 def _padded_column_major(w: Tensor) -> Tensor:
     out, inn = w.shape
-    buf = w.new_zeros(inn * out + split_padding(out))
-    buf[:inn * out].view(inn, out).copy_(w.t())
-    return buf[:inn * out].view(inn, out).t()
+    buf = w.new_zeros(inn, padded_width(out))
+    buf[:, :out].copy_(w.t())
+    return buf[:, :out].t()
 
 
 def _fuse_column_major(*linears: nn.Linear) -> Tensor:
@@ -46,16 +46,16 @@ def _fuse_column_major(*linears: nn.Linear) -> Tensor:
 
 
 class Linear(nn.Linear):
-    """nn.Linear (same parameters and state dict) that can run a one-token step on two cores
-    once `split()` has viewed its weight as two halves (see core/parallel.py)."""
+    """nn.Linear (same parameters and state dict) whose one-token steps run on OpenBLAS, on one
+    core or two, once `prepare()` has viewed its weight for numpy (see core/parallel.py)."""
 
-    halves: Halves | None = None
+    gemv: Gemv | None = None
 
-    def split(self) -> None:
-        self.halves = split(self.weight, self.bias)
+    def prepare(self) -> None:
+        self.gemv = prepare(self.weight)
 
     def forward(self, x: Tensor) -> Tensor:
-        return linear(x, self.weight, self.bias, self.halves)
+        return linear(x, self.weight, self.bias, self.gemv)
 
 
 def _after_load(module: nn.Module, incompatible_keys: object) -> None:
@@ -132,7 +132,7 @@ class _Decoder(nn.Module):
         self.out_head.weight = head
         if self.cfg.tied_head:
             self.tok_emb.weight = head
-        self.out_head.split()
+        self.out_head.prepare()
 
     def new_cache(self, batch: int, max_len: int) -> KVCache:
         c = self.cfg
@@ -210,7 +210,7 @@ class GPTModel(_Decoder):
             block.att.out_proj.weight = row_major(block.att.out_proj.weight)
             block.ff[2].weight = row_major(block.ff[2].weight)
             for lin in (block.att.qkv, block.att.out_proj, block.ff[0], block.ff[2]):
-                lin.split()
+                lin.prepare()
         self._layout_head()
 
     def forward(self, idx: Tensor, cache: KVCache | None = None, last_only: bool = False) -> Tensor:
@@ -266,14 +266,14 @@ class LlamaAttention(nn.Module):
         self.o_proj = Linear(cfg.n_heads * hd, cfg.emb_dim, bias=False)
         # q, k, v in one matmul; set by prepare_for_inference (not saved: the state dict keeps q/k/v)
         self.register_buffer("qkv_weight", None, persistent=False)
-        self.qkv_halves: Halves | None = None
+        self.qkv_gemv: Gemv | None = None
 
     def forward(self, x: Tensor, layer: int, cache: KVCache | None, cos: Tensor, sin: Tensor) -> Tensor:
         b, t, _ = x.shape
         c = self.cfg
         nq, nkv = c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim
         if self.qkv_weight is not None:
-            qkv = linear(x, self.qkv_weight, None, self.qkv_halves)
+            qkv = linear(x, self.qkv_weight, None, self.qkv_gemv)
         else:
             qkv = torch.cat([self.q_proj(x), self.k_proj(x), self.v_proj(x)], dim=-1)
         # q and k rotated together: one RoPE instead of two
@@ -296,11 +296,11 @@ class LlamaMLP(nn.Module):
         self.up_proj = Linear(cfg.emb_dim, cfg.hidden_dim, bias=False)
         self.down_proj = Linear(cfg.hidden_dim, cfg.emb_dim, bias=False)
         self.register_buffer("gate_up_weight", None, persistent=False)  # see LlamaAttention.qkv_weight
-        self.gate_up_halves: Halves | None = None
+        self.gate_up_gemv: Gemv | None = None
 
     def forward(self, x: Tensor) -> Tensor:
         if self.gate_up_weight is not None:
-            gate, up = linear(x, self.gate_up_weight, None, self.gate_up_halves).chunk(2, dim=-1)
+            gate, up = linear(x, self.gate_up_weight, None, self.gate_up_gemv).chunk(2, dim=-1)
         else:
             gate, up = self.gate_proj(x), self.up_proj(x)
         return self.down_proj(F.silu(gate) * up)
@@ -334,11 +334,11 @@ class LlamaModel(_Decoder):
             att, mlp = block.attn, block.mlp
             att.qkv_weight = _fuse_column_major(att.q_proj, att.k_proj, att.v_proj)
             mlp.gate_up_weight = _fuse_column_major(mlp.gate_proj, mlp.up_proj)
-            att.qkv_halves, mlp.gate_up_halves = split(att.qkv_weight), split(mlp.gate_up_weight)
+            att.qkv_gemv, mlp.gate_up_gemv = prepare(att.qkv_weight), prepare(mlp.gate_up_weight)
             att.o_proj.weight = row_major(att.o_proj.weight)
             mlp.down_proj.weight = row_major(mlp.down_proj.weight)
-            att.o_proj.split()
-            mlp.down_proj.split()
+            att.o_proj.prepare()
+            mlp.down_proj.prepare()
         self._layout_head()
 
     def forward(self, idx: Tensor, cache: KVCache | None = None, last_only: bool = False) -> Tensor:

@@ -1,15 +1,16 @@
-"""Decoding on both cores of a small CPU, with logits bit-identical to the one-core path.
+"""Decode-step matrix-vector products on one or both cores, with the same bits either way.
 
-A one-token decode step is a chain of matrix-vector products bound by memory bandwidth, and MKL
-runs each one on a single core however many threads torch has (bench/: 2 threads, same speed).
-Here each weight is viewed as two column halves and one batched matmul computes both halves, one
-per core: about 1.3x faster steps. Every output is still the same dot product summed in the same
-order, so the logits do not change by a single bit (tests/test_parallel.py).
+A one-token decode step is a chain of matrix-vector products (GEMVs) bound by memory bandwidth.
+Torch's BLAS (MKL) runs each on one core and, on this project's AMD CPU, streams weights at about
+14 GB/s; the OpenBLAS that ships inside numpy's wheel streams them at about 18 GB/s on one core, and
+splits one GEMV across two cores (bench/RESULTS.md). So one-row `linear`
+calls go to OpenBLAS through numpy, on zero-copy views of the weights: one thread, or two inside
+`two_way(True)`. Both threads compute every output as the same dot product in the same order, so
+the logits do not change by a single bit; `prepare` checks that once per weight shape, and keeps a
+shape whose split would round differently on one thread. Where numpy's BLAS is not OpenBLAS, or its
+thread count can't be set, `prepare` returns None and torch runs the GEMV on one core.
 
-The switch to two threads is torch.set_num_threads on the calling thread, for one op. A thread that
-starts meanwhile copies torch's process-wide count (2) on its first op, so code that runs the model
-on many threads pins the count at the start of each one (core.runtime.configure_threads; app.py
-does it on every run).
+OpenBLAS's thread count is process-wide, so `linear` sets it around each call and puts it back.
 
 Both cores only pay off while the second one is free: with another process on it, threads that
 wait for each other make a step about 2x slower. `CoreGovernor` watches the machine and allows the
@@ -17,6 +18,8 @@ two-core path only while nothing else runs (another process, or a second generat
 """
 from __future__ import annotations
 
+import ctypes
+import glob
 import os
 import threading
 import time
@@ -25,84 +28,151 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-ALIGN = 16  # halves a multiple of 16 floats wide: at odd widths MKL rounded some columns differently
+ALIGN = 32  # padded output width: an odd split (GPT-2's 50,257) rounded some outputs differently
 TWO_CORES_ENV = "SAMPLING_LAB_TWO_CORES"
 
 _two_way: ContextVar[bool] = ContextVar("sampling_lab_two_way", default=False)
 
 
-def split_padding(out_features: int) -> int:
-    """Spare elements a column-major (in, out) weight needs after its end to be viewed as two halves."""
-    return 2 * _half(out_features) - out_features
+# ---------------------------------------------------------------- numpy's OpenBLAS
+
+class OpenBlas:
+    """numpy's OpenBLAS, found among the libraries this process has loaded, and its thread count."""
+
+    # (set threads, get threads, config) as exported by numpy >= 2 (scipy-openblas), numpy 1.x, plain builds
+    _NAMES = [(f"{p}openblas_set_num_threads{s}", f"{p}openblas_get_num_threads{s}", f"{p}openblas_get_config{s}")
+              for p in ("scipy_", "") for s in ("64_", "", "_64")]
+
+    def __init__(self, lib: ctypes.CDLL) -> None:
+        for set_name, get_name, config_name in self._NAMES:
+            if all(hasattr(lib, n) for n in (set_name, get_name, config_name)):
+                break
+        else:
+            raise OSError("no openblas_set_num_threads in this library")
+        self._set, self._get = getattr(lib, set_name), getattr(lib, get_name)
+        self._set.argtypes, self._set.restype, self._get.restype = [ctypes.c_int], None, ctypes.c_int
+        config = getattr(lib, config_name)
+        config.restype = ctypes.c_char_p
+        self.config: str = config().decode(errors="replace").strip()
+
+    def threads(self, n: int) -> int:
+        """Set the process-wide thread count; returns the previous one."""
+        before = self._get()
+        if before != n:
+            self._set(n)
+        return before
+
+    @classmethod
+    def find(cls) -> "OpenBlas | None":
+        """The OpenBLAS numpy loaded (the very copy numpy calls), or None if there is none."""
+        paths = []
+        try:
+            with open("/proc/self/maps") as f:
+                paths = [line.split(maxsplit=5)[-1].strip() for line in f if "openblas" in line.lower()]
+        except OSError:
+            pass
+        here = os.path.dirname(np.__file__)
+        paths += glob.glob(os.path.join(here, "..", "numpy.libs", "*openblas*")) + \
+            glob.glob(os.path.join(here, ".dylibs", "*openblas*"))
+        for path in dict.fromkeys(p for p in paths if os.path.isfile(p)):
+            try:
+                return cls(ctypes.CDLL(path))
+            except OSError:
+                continue
+        return None
 
 
-def _half(out_features: int) -> int:
-    h = -(-out_features // 2)
-    return -(-h // ALIGN) * ALIGN
+BLAS = OpenBlas.find()
 
 
 @dataclass(frozen=True)
-class Halves:
-    """A weight's two column halves as one (2, in, h) view, and its bias padded to (2, 1, h)."""
+class Gemv:
+    """A weight (out, in) seen by numpy for one-row products: `matrix` is (in, width) for a
+    column-major weight (x @ matrix) or (width, in) for a row-major one (matrix @ x); width >= out
+    counts the zero padding after the real outputs."""
 
-    weight: Tensor
-    bias: Tensor | None
+    matrix: np.ndarray
+    column_major: bool
+    out: int
+    two_threads: bool  # splitting it across two threads gives the same bits (checked in `prepare`)
 
 
-def two_way_view(weight: Tensor) -> Tensor | None:
-    """A (2, in, h) view of an (out, in) weight's column halves, for `torch.bmm`; None if its layout
-    can't be split without a copy. Column-major weights (stored (in, out)) need `split_padding`
-    spare elements in their storage: the second half's last columns read them and are dropped."""
-    if weight.dim() != 2 or weight.device.type != "cpu":
+def padded_width(out_features: int) -> int:
+    return -(-out_features // ALIGN) * ALIGN
+
+
+def prepare(weight: Tensor) -> Gemv | None:
+    """The `Gemv` of a float32 CPU weight, a view that shares its memory; None where OpenBLAS is
+    missing or the layout needs a copy (torch then runs the product on one core)."""
+    if BLAS is None or weight.dim() != 2 or weight.dtype != torch.float32 or weight.device.type != "cpu":
         return None
     out, inn = weight.shape
-    if weight.stride() == (1, out):  # column-major: stored (in, out)
-        h = _half(out)
-        end = weight.storage_offset() + inn * out + 2 * h - out
-        if end * weight.element_size() > weight.untyped_storage().nbytes():
-            return None
-        return weight.as_strided((2, inn, h), (h, out, 1))
-    if weight.is_contiguous() and out % (2 * ALIGN) == 0:  # row-major: rows split in two
-        return weight.view(2, out // 2, inn).transpose(1, 2)
-    return None
-
-
-def split(weight: Tensor, bias: Tensor | None = None) -> Halves | None:
-    """`Halves` for the two-core path, or None if the weight can't be split without a copy."""
-    halves = two_way_view(weight)
-    if halves is None:
+    if weight.stride(0) == 1 and weight.stride(1) >= out:  # column-major, stored (in, ld)
+        ld = weight.stride(1)
+        fits = (weight.storage_offset() + inn * ld) * 4 <= weight.untyped_storage().nbytes()
+        stored = weight.t().as_strided((inn, ld), (ld, 1)) if fits else weight.t()
+        matrix, column_major = stored.numpy(), True
+    elif weight.is_contiguous():
+        matrix, column_major = weight.numpy(), False
+    else:
         return None
-    padded = None
-    if bias is not None:  # added inside the matmul (baddbmm), as addmm does: same rounding
-        h = halves.shape[-1]
-        padded = bias.detach().new_zeros(2 * h)
-        padded[:bias.shape[0]] = bias.detach()
-        padded = padded.view(2, 1, h)
-    return Halves(halves, padded)
+    return Gemv(matrix, column_major, out, _two_threads_agree(matrix, column_major))
 
 
-def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, halves: Halves | None = None) -> Tensor:
-    """F.linear, with a shorter path for one row (a decode step), which inside `two_way(True)`
-    runs on two cores when `halves` is given. Same bits on every path."""
+def _dot(gemv: Gemv, x: np.ndarray, out: np.ndarray) -> None:
+    if gemv.column_major:
+        np.dot(x, gemv.matrix, out=out)
+    else:
+        np.dot(gemv.matrix, x, out=out)
+
+
+_AGREES: dict[tuple[tuple[int, ...], tuple[int, ...], bool], bool] = {}
+
+
+def _two_threads_agree(matrix: np.ndarray, column_major: bool) -> bool:
+    """Does OpenBLAS give the same bits on one thread and on two for a matrix of this shape? How it
+    splits the work depends on the shape and layout only, so one check per shape is enough."""
+    key = (matrix.shape, matrix.strides, column_major)
+    if key not in _AGREES:
+        gemv = Gemv(matrix, column_major, 0, False)
+        x = np.random.default_rng(0).standard_normal(matrix.shape[0 if column_major else 1]).astype(np.float32)
+        one = np.empty(matrix.shape[1 if column_major else 0], np.float32)
+        two = np.empty_like(one)
+        before = BLAS.threads(1)
+        try:
+            _dot(gemv, x, one)
+            BLAS.threads(2)
+            _dot(gemv, x, two)
+        finally:
+            BLAS.threads(before)
+        _AGREES[key] = bool(np.array_equal(one, two))
+    return _AGREES[key]
+
+
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, gemv: Gemv | None = None) -> Tensor:
+    """F.linear, with a shorter path for one row (a decode step): OpenBLAS on one thread, or on two
+    inside `two_way(True)`, when `gemv` is given. The same bits on one thread or two."""
     if x.numel() != x.shape[-1]:
         return F.linear(x, weight, bias)
     out = weight.shape[0]
-    row = x.reshape(1, -1)
-    if halves is None or not _two_way.get():
+    if gemv is None or x.dtype != torch.float32:
+        row = x.reshape(1, -1)
         y = torch.mm(row, weight.t()) if bias is None else torch.addmm(bias, row, weight.t())
         return y.view(*x.shape[:-1], out)
-    pair = row.expand(2, 1, -1)
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)  # for this one op; other threads keep theirs (but see the module docstring)
-    try:  # (2, 1, h): the column halves side by side
-        y = torch.bmm(pair, halves.weight) if halves.bias is None else torch.baddbmm(halves.bias, pair, halves.weight)
+    width = gemv.matrix.shape[1] if gemv.column_major else gemv.matrix.shape[0]
+    y = torch.empty(width)
+    before = BLAS.threads(2 if gemv.two_threads and _two_way.get() else 1)
+    try:
+        _dot(gemv, x.reshape(-1).contiguous().numpy(), y.numpy())
     finally:
-        torch.set_num_threads(before)
-    return y.view(-1)[:out].view(*x.shape[:-1], out)
+        BLAS.threads(before)
+    y = y[:out].view(*x.shape[:-1], out)
+    return y if bias is None else y + bias
 
 
 @contextmanager

@@ -4,7 +4,7 @@ Measured on the project's 2-core CPU (bench/RESULTS.md): with the other core bus
 server, a second session, a browser), two torch threads wait on each other and decode is about 2x
 slower than with one, and MKL's one-row matmuls gain nothing from a second thread anyway. So the
 default is one thread, overridable with SAMPLING_LAB_THREADS; decode steps get the second core
-through core/parallel.py, only while it is free.
+through core/parallel.py (numpy's OpenBLAS), only while it is free.
 """
 from __future__ import annotations
 

@@ -1,8 +1,7 @@
-"""The two-core decode path (core/parallel.py): same bits as one core, views not copies, and a
-governor that only allows it while the machine is otherwise idle."""
+"""The decode-step GEMVs (core/parallel.py): numpy's OpenBLAS on zero-copy views, the same bits on
+one thread or two, and a governor that only allows two while the machine is otherwise idle."""
 from __future__ import annotations
 
-import threading
 from dataclasses import replace
 
 import pytest
@@ -10,9 +9,12 @@ import torch
 import torch.nn.functional as F
 
 import core
+import core.parallel as parallel
 from core.models import column_major, row_major
-from core.parallel import CoreGovernor, linear, split, split_padding, two_way, two_way_view
+from core.parallel import ALIGN, BLAS, CoreGovernor, linear, padded_width, prepare, two_way
 from core.weights import load_checked, random_state
+
+needs_openblas = pytest.mark.skipif(BLAS is None, reason="numpy's BLAS here is not OpenBLAS")
 
 
 def _greedy_logits(lm: core.LanguageModel, two: bool, steps: int) -> list[torch.Tensor]:
@@ -28,48 +30,79 @@ def _greedy_logits(lm: core.LanguageModel, two: bool, steps: int) -> list[torch.
     return out
 
 
+class _CountingBlas:
+    """BLAS with every thread count that `linear` asks for recorded."""
+
+    def __init__(self) -> None:
+        self.asked: list[int] = []
+
+    def threads(self, n: int) -> int:
+        self.asked.append(n)
+        return BLAS.threads(n)
+
+
+def test_numpy_here_brings_openblas() -> None:
+    # the pinned numpy wheel carries OpenBLAS: without it decode quietly falls back to one core
+    assert BLAS is not None and BLAS.config.startswith("OpenBLAS")
+
+
+@needs_openblas
 @pytest.mark.parametrize("out_features", [50257, 960, 64, 7])
-def test_column_major_halves_are_views_with_the_same_bits(out_features: int) -> None:
+def test_column_major_weight_is_a_padded_view_with_the_same_bits(out_features: int) -> None:
     w = torch.randn(out_features, 48, generator=torch.Generator().manual_seed(out_features))
     cm = column_major(w)
-    assert torch.equal(cm, w) and cm.stride() == (1, out_features)
-    view = two_way_view(cm)
-    assert view is not None and view.untyped_storage().data_ptr() == cm.untyped_storage().data_ptr()
-    assert cm.untyped_storage().nbytes() == (w.numel() + split_padding(out_features)) * 4
-    bias = torch.randn(out_features)
-    for b in (None, bias):
-        halves = split(cm, b)
-        x = torch.randn(1, 1, 48)
+    width = padded_width(out_features)
+    assert width % ALIGN == 0 and width - out_features < ALIGN
+    assert torch.equal(cm, w) and cm.stride() == (1, width)
+    gemv = prepare(cm)
+    assert gemv is not None and gemv.column_major and gemv.matrix.shape == (48, width)
+    assert gemv.matrix.ctypes.data == cm.data_ptr()  # a view: no second copy of the weight
+    assert gemv.two_threads                           # the padding makes an even split
+    x = torch.randn(1, 1, 48)
+    for b in (None, torch.randn(out_features)):
+        one = linear(x, cm, b, gemv)
         with two_way(True):
-            y = linear(x, cm, b, halves)
-        assert y.shape == (1, 1, out_features)
-        assert torch.equal(y, F.linear(x, cm, b))  # bit for bit with one core on the same weights
-        assert torch.equal(y, linear(x, cm, b, halves))
-        torch.testing.assert_close(y, F.linear(x, w, b))
+            two = linear(x, cm, b, gemv)
+        assert one.shape == two.shape == (1, 1, out_features)
+        assert torch.equal(one, two)                  # bit for bit on one thread and on two
+        torch.testing.assert_close(one, F.linear(x, w, b))
 
 
-def test_row_major_halves_and_what_cannot_be_split() -> None:
+@needs_openblas
+def test_row_major_weight_and_what_cannot_be_prepared() -> None:
     w, b = row_major(torch.randn(64, 40)), torch.randn(64)
-    halves = split(w, b)
-    assert halves is not None and halves.weight.shape == (2, 40, 32)
-    assert halves.weight.untyped_storage().data_ptr() == w.untyped_storage().data_ptr()
+    gemv = prepare(w)
+    assert gemv is not None and not gemv.column_major and gemv.matrix.ctypes.data == w.data_ptr()
     x = torch.randn(1, 40)
     with two_way(True):
-        assert torch.equal(linear(x, w, b, halves), F.linear(x, w, b))
-    assert two_way_view(torch.randn(40, 64).t().contiguous().t()) is None  # column-major without spare room
-    assert two_way_view(torch.randn(62, 40)) is None                        # halves would be misaligned
-    assert two_way_view(torch.randn(64, 80)[:, ::2]) is None                # strided
+        torch.testing.assert_close(linear(x, w, b, gemv), F.linear(x, w, b))
+    assert prepare(torch.randn(64, 80)[:, ::2]) is None                 # strided: would need a copy
+    assert prepare(torch.randn(64, 40, dtype=torch.bfloat16)) is None  # OpenBLAS has no bfloat16
+    assert prepare(torch.randn(3, 64, 40)) is None
 
 
-def test_linear_keeps_threads_and_only_splits_single_rows() -> None:
+@needs_openblas
+def test_linear_asks_for_two_threads_only_inside_two_way(monkeypatch: pytest.MonkeyPatch) -> None:
     w = column_major(torch.randn(96, 32))
-    halves = split(w)
-    before = torch.get_num_threads()
-    x = torch.randn(3, 1, 32)  # three rows: the plain path
-    with two_way(True):
-        assert torch.equal(linear(x, w, None, halves), F.linear(x, w))
-        linear(x[:1], w, None, halves)
-    assert torch.get_num_threads() == before
+    gemv = prepare(w)
+    counting = _CountingBlas()
+    monkeypatch.setattr(parallel, "BLAS", counting)
+    before = BLAS.threads(1)
+    try:
+        x = torch.randn(1, 32)
+        linear(x, w, None, gemv)
+        with two_way(True):
+            linear(x, w, None, gemv)
+            assert torch.equal(linear(x.expand(3, 32), w, None, gemv), F.linear(x.expand(3, 32), w))  # 3 rows: torch
+        assert counting.asked == [1, 1, 2, 1]   # each call sets its count and puts the previous one back
+        assert BLAS.threads(1) == 1
+        # a shape whose two-thread split would round differently stays on one thread
+        counting.asked.clear()
+        with two_way(True):
+            linear(x, w, None, replace(gemv, two_threads=False))
+        assert counting.asked == [1, 1]
+    finally:
+        BLAS.threads(before)
 
 
 @pytest.mark.parametrize("preset", ["gpt2-tiny", "llama-tiny"])
@@ -188,26 +221,3 @@ def test_governor_modes_and_unknown_machines(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv("SAMPLING_LAB_TWO_CORES", "sometimes")
     with pytest.raises(ValueError, match="SAMPLING_LAB_TWO_CORES must be auto, on or off, got 'sometimes'"):
         CoreGovernor()
-
-
-def test_a_new_thread_is_pinned_back_to_the_configured_count() -> None:
-    """A thread that starts during a two-core op copies torch's count (2); configure_threads, which
-    app.py runs at the start of every script run, pins it back."""
-    from core.runtime import configure_threads
-
-    before = torch.get_num_threads()
-    seen: list[int] = []
-
-    def work() -> None:
-        seen.append(torch.get_num_threads())
-        configure_threads(1)
-        seen.append(torch.get_num_threads())
-
-    torch.set_num_threads(2)  # what core.parallel.linear leaves process-wide for the length of one op
-    try:
-        t = threading.Thread(target=work)
-        t.start()
-        t.join()
-    finally:
-        torch.set_num_threads(before)
-    assert seen == [2, 1]
