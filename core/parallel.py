@@ -3,9 +3,8 @@
 A one-token decode step is a chain of matrix-vector products (GEMVs) bound by memory bandwidth.
 Torch's BLAS (MKL) runs each on one core and, on this project's AMD CPU, streams weights at about
 14 GB/s; the OpenBLAS that ships inside numpy's wheel streams them at about 18 GB/s on one core, and
-splits one GEMV across two cores (bench/RESULTS.md). So one-row `linear`
-calls go to OpenBLAS through numpy, on zero-copy views of the weights: one thread, or two inside
-`two_way(True)`. Both threads compute every output as the same dot product in the same order, so
+splits one GEMV across two cores (bench/RESULTS.md). So one-row `linear` calls go to OpenBLAS
+through numpy, on zero-copy views of the weights: one thread, or two inside `two_way(True)`. Both threads compute every output as the same dot product in the same order, so
 the logits do not change by a single bit; `prepare` checks that once per weight shape, and keeps a
 shape whose split would round differently on one thread. Where numpy's BLAS is not OpenBLAS, or its
 thread count can't be set, `prepare` returns None and torch runs the GEMV on one core.
@@ -98,7 +97,6 @@ class Gemv:
 
     matrix: np.ndarray
     column_major: bool
-    out: int
     two_threads: bool  # splitting it across two threads gives the same bits (checked in `prepare`)
 
 
@@ -121,7 +119,7 @@ def prepare(weight: Tensor) -> Gemv | None:
         matrix, column_major = weight.numpy(), False
     else:
         return None
-    return Gemv(matrix, column_major, out, _two_threads_agree(matrix, column_major))
+    return Gemv(matrix, column_major, _two_threads_agree(matrix, column_major))
 
 
 def _dot(gemv: Gemv, x: np.ndarray, out: np.ndarray) -> None:
@@ -139,7 +137,7 @@ def _two_threads_agree(matrix: np.ndarray, column_major: bool) -> bool:
     splits the work depends on the shape and layout only, so one check per shape is enough."""
     key = (matrix.shape, matrix.strides, column_major)
     if key not in _AGREES:
-        gemv = Gemv(matrix, column_major, 0, False)
+        gemv = Gemv(matrix, column_major, False)
         x = np.random.default_rng(0).standard_normal(matrix.shape[0 if column_major else 1]).astype(np.float32)
         one = np.empty(matrix.shape[1 if column_major else 0], np.float32)
         two = np.empty_like(one)
@@ -165,7 +163,7 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, gemv: Gemv | N
         y = torch.mm(row, weight.t()) if bias is None else torch.addmm(bias, row, weight.t())
         return y.view(*x.shape[:-1], out)
     width = gemv.matrix.shape[1] if gemv.column_major else gemv.matrix.shape[0]
-    y = torch.empty(width)
+    y = torch.empty(width, dtype=torch.float32)
     before = BLAS.threads(2 if gemv.two_threads and _two_way.get() else 1)
     try:
         _dot(gemv, x.reshape(-1).contiguous().numpy(), y.numpy())

@@ -2,6 +2,7 @@
 one thread or two, and a governor that only allows two while the machine is otherwise idle."""
 from __future__ import annotations
 
+import ctypes
 from dataclasses import replace
 
 import pytest
@@ -103,6 +104,21 @@ def test_linear_asks_for_two_threads_only_inside_two_way(monkeypatch: pytest.Mon
         assert counting.asked == [1, 1]
     finally:
         BLAS.threads(before)
+
+
+def test_without_openblas_decode_runs_on_torch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """numpy built on another BLAS: no `Gemv`s, and torch computes the same logits on one core."""
+    ours = core.load_model("llama-tiny")
+    state = random_state(ours.model.cfg)
+    ours = replace(ours, model=load_checked(ours.model.cfg, state))
+    expected = _greedy_logits(ours, True, 6)
+    monkeypatch.setattr(parallel, "BLAS", None)
+    plain = replace(ours, model=load_checked(ours.model.cfg, state))
+    assert plain.model.blocks[0].attn.qkv_gemv is None and plain.model.out_head.gemv is None
+    for a, b in zip(expected, _greedy_logits(plain, True, 6)):
+        torch.testing.assert_close(a, b)
+    with pytest.raises(OSError, match="no openblas_set_num_threads"):
+        parallel.OpenBlas(ctypes.CDLL(None))  # this process's own symbols: no OpenBLAS among them
 
 
 @pytest.mark.parametrize("preset", ["gpt2-tiny", "llama-tiny"])
