@@ -224,15 +224,16 @@ def distribution_figure(top: pd.DataFrame, rest: Rest, cfg: core.SamplingConfig,
     template = ("<b>%{customdata[0]}</b>  id %{customdata[1]}<br>logit %{customdata[2]}<br>"
                 "raw %{customdata[3]} → after settings %{customdata[4]}<br>%{customdata[5]}<extra></extra>")
 
-    fig = go.Figure()
-    fig.add_bar(name="model (raw: T = 1, no filters)", y=labels, x=raw, orientation="h",
-                marker=dict(color=raw_colors, pattern=dict(shape=raw_patterns, fgcolor="#6b6b6b", size=6)),
-                text=raw_text, textposition="outside", cliponaxis=False, textfont=dict(color="#555"),
-                customdata=hover, hovertemplate=template)
-    fig.add_bar(name=f"after your settings ({settings_label(cfg)}): what Sample draws from", y=labels, x=filt,
-                orientation="h", marker=dict(color=FILTERED_COLOR, pattern=dict(shape=["." if o else "" for o in is_other])),
-                text=filt_text, textposition="outside", cliponaxis=False,
-                customdata=hover, hovertemplate=template)
+    bars = [
+        dict(name="model (raw: T = 1, no filters)", y=labels, x=raw, orientation="h",
+             marker=dict(color=raw_colors, pattern=dict(shape=raw_patterns, fgcolor="#6b6b6b", size=6)),
+             text=raw_text, textposition="outside", cliponaxis=False, textfont=dict(color="#555"),
+             customdata=hover, hovertemplate=template),
+        dict(name=f"after your settings ({settings_label(cfg)}): what Sample draws from", y=labels, x=filt,
+             orientation="h", marker=dict(color=FILTERED_COLOR, pattern=dict(shape=["." if o else "" for o in is_other])),
+             text=filt_text, textposition="outside", cliponaxis=False,
+             customdata=hover, hovertemplate=template),
+    ]
 
     top_value = max([*raw, *filt, 1e-12])
     xaxis: dict = dict(title="probability", tickformat=".0%" if not log_scale else None, gridcolor="rgba(128,128,128,0.2)")
@@ -243,7 +244,7 @@ def distribution_figure(top: pd.DataFrame, rest: Rest, cfg: core.SamplingConfig,
     else:
         # Room to the right of the longest bar for its label.
         xaxis.update(range=[0, min(1.0, top_value) * 1.3])
-    fig.update_layout(
+    layout = dict(
         barmode="group", bargap=0.25, bargroupgap=0.05, height=110 + 34 * n,
         margin=dict(l=10, r=30, t=40, b=40),
         legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="left", x=0),
@@ -251,7 +252,8 @@ def distribution_figure(top: pd.DataFrame, rest: Rest, cfg: core.SamplingConfig,
         yaxis=dict(type="category", autorange="reversed", automargin=True, tickfont=dict(size=14)),
         xaxis=xaxis, uniformtext=dict(minsize=9, mode="show"),
     )
-    return fig
+    # Built in one go: add_bar and update_layout each re-validate and deep-copy the figure (~2x slower).
+    return go.Figure(data=[go.Bar(**bar) for bar in bars], layout=layout)
 
 
 # --- the pipeline strip ----------------------------------------------------------------------
