@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -97,7 +97,18 @@ class Gemv:
 
     matrix: np.ndarray
     column_major: bool
-    two_threads: bool  # splitting it across two threads gives the same bits (checked in `prepare`)
+    two_threads: bool = False  # splitting it across two threads gives the same bits (checked in `prepare`)
+
+    @property
+    def width(self) -> int:
+        return self.matrix.shape[1 if self.column_major else 0]
+
+    def dot(self, x: np.ndarray, out: np.ndarray) -> None:
+        """out = the product with the row x, on OpenBLAS's current thread count."""
+        if self.column_major:
+            np.dot(x, self.matrix, out=out)
+        else:
+            np.dot(self.matrix, x, out=out)
 
 
 def padded_width(out_features: int) -> int:
@@ -119,33 +130,27 @@ def prepare(weight: Tensor) -> Gemv | None:
         matrix, column_major = weight.numpy(), False
     else:
         return None
-    return Gemv(matrix, column_major, _two_threads_agree(matrix, column_major))
-
-
-def _dot(gemv: Gemv, x: np.ndarray, out: np.ndarray) -> None:
-    if gemv.column_major:
-        np.dot(x, gemv.matrix, out=out)
-    else:
-        np.dot(gemv.matrix, x, out=out)
+    gemv = Gemv(matrix, column_major)
+    return replace(gemv, two_threads=_two_threads_agree(gemv))
 
 
 _AGREES: dict[tuple[tuple[int, ...], tuple[int, ...], bool], bool] = {}
 
 
-def _two_threads_agree(matrix: np.ndarray, column_major: bool) -> bool:
+def _two_threads_agree(gemv: Gemv) -> bool:
     """Does OpenBLAS give the same bits on one thread and on two for a matrix of this shape? How it
     splits the work depends on the shape and layout only, so one check per shape is enough."""
-    key = (matrix.shape, matrix.strides, column_major)
+    m = gemv.matrix
+    key = (m.shape, m.strides, gemv.column_major)
     if key not in _AGREES:
-        gemv = Gemv(matrix, column_major, False)
-        x = np.random.default_rng(0).standard_normal(matrix.shape[0 if column_major else 1]).astype(np.float32)
-        one = np.empty(matrix.shape[1 if column_major else 0], np.float32)
+        x = np.random.default_rng(0).standard_normal(m.shape[0 if gemv.column_major else 1]).astype(np.float32)
+        one = np.empty(gemv.width, np.float32)
         two = np.empty_like(one)
         before = BLAS.threads(1)
         try:
-            _dot(gemv, x, one)
+            gemv.dot(x, one)
             BLAS.threads(2)
-            _dot(gemv, x, two)
+            gemv.dot(x, two)
         finally:
             BLAS.threads(before)
         _AGREES[key] = bool(np.array_equal(one, two))
@@ -162,11 +167,10 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, gemv: Gemv | N
         row = x.reshape(1, -1)
         y = torch.mm(row, weight.t()) if bias is None else torch.addmm(bias, row, weight.t())
         return y.view(*x.shape[:-1], out)
-    width = gemv.matrix.shape[1] if gemv.column_major else gemv.matrix.shape[0]
-    y = torch.empty(width, dtype=torch.float32)
+    y = torch.empty(gemv.width, dtype=torch.float32)
     before = BLAS.threads(2 if gemv.two_threads and _two_way.get() else 1)
     try:
-        _dot(gemv, x.reshape(-1).contiguous().numpy(), y.numpy())
+        gemv.dot(x.reshape(-1).contiguous().numpy(), y.numpy())
     finally:
         BLAS.threads(before)
     y = y[:out].view(*x.shape[:-1], out)
