@@ -137,10 +137,13 @@ def read_bandwidth(threads: int, repeats: int = 7) -> list[float]:
     return out
 
 
+def read_row(threads: int) -> str:
+    return f"memory read, {threads} thread{'s' * (threads > 1)} (sum of 512 MiB float32)"
+
+
 def bandwidth_rows(table: Table, section: str, repeats: int) -> None:
     for n in (1, 2):
-        table.add(section, f"memory read, {n} thread{'s' * (n > 1)} (sum of 512 MiB float32)", "GB/s",
-                  statistics.median(read_bandwidth(n, repeats)))
+        table.add(section, read_row(n), "GB/s", statistics.median(read_bandwidth(n, repeats)))
 
 
 def cpu_ticks() -> tuple[int, int]:
@@ -473,7 +476,7 @@ def main() -> None:
     bw = {n: read_bandwidth(n) for n in (1, 2)}
     for n, vals in bw.items():
         for v in vals:
-            table.add("bandwidth", f"memory read, {n} thread{'s' * (n > 1)} (sum of 512 MiB float32)", "GB/s", v)
+            table.add("bandwidth", read_row(n), "GB/s", v)
 
     threads = configure_threads(args.threads)
     info["torch threads (generation)"] = (f"{threads}; one-token steps use both cores while the other is free "
@@ -498,8 +501,7 @@ def main() -> None:
                     ms = statistics.median(bare_decode_ms(m, 5, two=two))
                 table.add(f"{label}, ceiling", f"{name}: model-only decode step (ctx 5)", "ms", ms)
         nbytes = weight_bytes_per_token(lm.model)
-        best_bw = max(table.get(f"{label}, ceiling", f"memory read, {n} thread{'s' * (n > 1)} (sum of 512 MiB "
-                                f"float32)") for n in (1, 2))
+        best_bw = max(table.get(f"{label}, ceiling", read_row(n)) for n in (1, 2))
         ceiling = best_bw * 1e9 / nbytes
         table.add(f"{label}, ceiling", f"weights read per token", "MB", nbytes / 1e6)
         table.add(f"{label}, ceiling", "bandwidth ceiling (best median read GB/s above ÷ bytes per token)", "tok/s",
