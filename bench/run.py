@@ -354,15 +354,11 @@ def bare_decode_ms(lm: core.LanguageModel, ctx: int, steps: int = 30, two: bool 
 def torch_gemvs(model: torch.nn.Module) -> Iterator[None]:
     """Decode GEMVs on torch's own BLAS (MKL, one core) instead of numpy's OpenBLAS: the kernel
     comparison behind core/parallel.py."""
-    saved = [(mod, attr, getattr(mod, attr)) for mod in model.modules()
-             for attr in ("gemv", "qkv_gemv", "gate_up_gemv") if getattr(mod, attr, None) is not None]
-    for mod, attr, _ in saved:
-        setattr(mod, attr, None)
+    model.prepare_for_inference(openblas=False)
     try:
         yield
     finally:
-        for mod, attr, gemv in saved:
-            setattr(mod, attr, gemv)
+        model.prepare_for_inference()
 
 
 # ---------------------------------------------------------------- threads

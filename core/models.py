@@ -6,6 +6,7 @@ A loaded model is shared by every browser session, so it holds no per-request st
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -17,13 +18,15 @@ from .parallel import Gemv, linear, padded_width, prepare
 
 def column_major(w: Tensor) -> nn.Parameter:
     """Same values and shape (out, in), stored (in, out) with zero columns up to a multiple of
-    `parallel.ALIGN`: one-row GEMVs stream this layout up to 2x faster than row-major when out is
-    the wide side (measured in bench/), and the padding lets OpenBLAS split it evenly in two."""
+    `parallel.ALIGN`: OpenBLAS's one-row GEMV streams this layout faster than row-major unless the
+    input is the wide side (e.g. 29 against 24 GB/s for 576 -> 3072, 16 against 13 for 576 -> 576),
+    and the padding lets it split the outputs evenly in two."""
     return nn.Parameter(_padded_column_major(w.detach()), requires_grad=False)
 
 
 def row_major(w: Tensor) -> nn.Parameter:
-    """(out, in) stored row by row: the faster layout for the GEMVs whose input is the wide side."""
+    """(out, in) stored row by row: the faster layout for the GEMVs whose input is the wide side
+    (27 against 24 GB/s for 1536 -> 576)."""
     return nn.Parameter(w.detach().contiguous(), requires_grad=False)
 
 
@@ -45,16 +48,20 @@ def _fuse_column_major(*linears: nn.Linear) -> Tensor:
     return fused
 
 
-class Linear(nn.Linear):
-    """nn.Linear (same parameters and state dict) whose one-token steps run on OpenBLAS, on one
-    core or two, once `prepare()` has viewed its weight for numpy (see core/parallel.py)."""
+@dataclass(frozen=True)
+class Proj:
+    """A linear layer's tensors for the forward pass: weight (out, in), bias, and the weight's
+    OpenBLAS view for one-token steps (None: torch computes every product; see core/parallel.py)."""
 
+    weight: Tensor
+    bias: Tensor | None = None
     gemv: Gemv | None = None
 
-    def prepare(self) -> None:
-        self.gemv = prepare(self.weight)
+    @classmethod
+    def of(cls, weight: Tensor, bias: Tensor | None = None, *, openblas: bool = True) -> "Proj":
+        return cls(weight, bias, prepare(weight) if openblas else None)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def __call__(self, x: Tensor) -> Tensor:
         return linear(x, self.weight, self.bias, self.gemv)
 
 
@@ -113,7 +120,13 @@ def _embedding(n: int, dim: int) -> nn.Embedding:
 
 
 class _Decoder(nn.Module):
-    """What GPT-2 and Llama share: embedding + tied LM head, the per-request cache, the forward's ends."""
+    """What GPT-2 and Llama share: embedding + tied LM head, the per-request cache, the forward's ends.
+
+    The forward pass runs on `layers`, one frozen dataclass of tensors per block gathered by
+    `prepare_for_inference`, through pure functions (`gpt_block`, `llama_block`): a decode step is
+    ~200 small ops, and calling them through nn.Module.__call__ and its attribute lookups cost about
+    a tenth of the step (bench/RESULTS.md). The modules hold the parameters and the state dict.
+    """
 
     cfg: GPTConfig | LlamaConfig
 
@@ -122,17 +135,34 @@ class _Decoder(nn.Module):
         self.cfg = cfg
         self.tok_emb = _embedding(cfg.vocab_size, cfg.emb_dim)
         self.final_norm = final_norm
-        self.out_head = Linear(cfg.emb_dim, cfg.vocab_size, bias=False)
+        self.out_head = nn.Linear(cfg.emb_dim, cfg.vocab_size, bias=False)
         if cfg.tied_head:
             self.out_head.weight = self.tok_emb.weight
+        self.layers: tuple[GPTLayer, ...] | tuple[LlamaLayer, ...] = ()
+        self.head: Proj | None = None
         self.register_load_state_dict_post_hook(_after_load)
 
-    def _layout_head(self) -> None:
+    def prepare_for_inference(self, openblas: bool = True) -> None:
+        """Re-lay out the weights for fast one-token steps and gather `layers` (values unchanged;
+        runs after load_state_dict and after .to(), safe to call again). openblas=False leaves every
+        product to torch (bench/ compares the two)."""
+        raise NotImplementedError
+
+    def _apply(self, fn, recurse=True):  # .to(), .float(), ...: gather the new tensors again
+        out = super()._apply(fn, recurse)
+        self.prepare_for_inference()
+        return out
+
+    def _layout_head(self, openblas: bool) -> None:
         head = column_major(self.out_head.weight)
         self.out_head.weight = head
         if self.cfg.tied_head:
             self.tok_emb.weight = head
-        self.out_head.prepare()
+        self.head = Proj.of(head, openblas=openblas)
+
+    def _ready(self) -> None:
+        if self.head is None:  # built without load_state_dict (whose hook prepares)
+            self.prepare_for_inference()
 
     def new_cache(self, batch: int, max_len: int) -> KVCache:
         c = self.cfg
@@ -152,43 +182,70 @@ class _Decoder(nn.Module):
             cache.pos += x.shape[1]
         if last_only:
             x = x[:, -1:]  # the LM head is the costliest matmul: skip positions nobody reads
-        return self.out_head(self.final_norm(x))
+        return self.head(self.final_norm(x))
 
 
 # ---------------------------------------------------------------- GPT-2
 
+@dataclass(frozen=True)
+class GPTLayer:
+    """One GPT-2 block's tensors, as `gpt_block` reads them."""
+
+    norm1: tuple[Tensor, Tensor]  # LayerNorm weight, bias
+    qkv: Proj
+    out: Proj
+    norm2: tuple[Tensor, Tensor]
+    fc_in: Proj
+    fc_out: Proj
+
+
+def gpt_block(x: Tensor, w: GPTLayer, cfg: GPTConfig, layer: int, cache: KVCache | None) -> Tensor:
+    """One pre-norm GPT-2 block on x (B, T, D): attention, then the GELU MLP, each with a residual."""
+    b, t, d = x.shape
+    h, hd = cfg.n_heads, d // cfg.n_heads
+    q, k, v = w.qkv(F.layer_norm(x, (d,), *w.norm1, cfg.norm_eps)).split(d, dim=2)
+    q, k, v = (z.view(b, t, h, hd).transpose(1, 2) for z in (q, k, v))  # (B, H, T, hd)
+    past = 0
+    if cache is not None:
+        past = cache.pos
+        k, v = cache.update(layer, k, v)
+    y = _attend(q, k, v, past, gqa=False)
+    x = x + w.out(y.transpose(1, 2).reshape(b, t, d))
+    return x + w.fc_out(F.gelu(w.fc_in(F.layer_norm(x, (d,), *w.norm2, cfg.norm_eps)), approximate="tanh"))
+
+
 class GPTAttention(nn.Module):
+    """Parameters of GPT-2's attention (fused qkv); the math is in `gpt_block`."""
+
     def __init__(self, cfg: GPTConfig) -> None:
         super().__init__()
-        self.cfg = cfg
-        self.qkv = Linear(cfg.emb_dim, 3 * cfg.emb_dim, bias=cfg.qkv_bias)
-        self.out_proj = Linear(cfg.emb_dim, cfg.emb_dim)
-
-    def forward(self, x: Tensor, layer: int, cache: KVCache | None) -> Tensor:
-        b, t, d = x.shape
-        h, hd = self.cfg.n_heads, self.cfg.head_dim
-        q, k, v = self.qkv(x).split(d, dim=2)
-        q, k, v = (z.view(b, t, h, hd).transpose(1, 2) for z in (q, k, v))  # (B, H, T, hd)
-        past = 0
-        if cache is not None:
-            past = cache.pos
-            k, v = cache.update(layer, k, v)
-        y = _attend(q, k, v, past, gqa=False)
-        return self.out_proj(y.transpose(1, 2).reshape(b, t, d))
+        self.qkv = nn.Linear(cfg.emb_dim, 3 * cfg.emb_dim, bias=cfg.qkv_bias)
+        self.out_proj = nn.Linear(cfg.emb_dim, cfg.emb_dim)
 
 
 class GPTBlock(nn.Module):
+    """Parameters of one GPT-2 block, named as the state dict names them; the math is in `gpt_block`."""
+
     def __init__(self, cfg: GPTConfig) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(cfg.emb_dim, eps=cfg.norm_eps)
         self.att = GPTAttention(cfg)
         self.norm2 = nn.LayerNorm(cfg.emb_dim, eps=cfg.norm_eps)
-        self.ff = nn.Sequential(Linear(cfg.emb_dim, 4 * cfg.emb_dim), nn.GELU(approximate="tanh"),
-                                Linear(4 * cfg.emb_dim, cfg.emb_dim))
+        self.ff = nn.Sequential(nn.Linear(cfg.emb_dim, 4 * cfg.emb_dim), nn.GELU(approximate="tanh"),
+                                nn.Linear(4 * cfg.emb_dim, cfg.emb_dim))
 
-    def forward(self, x: Tensor, layer: int, cache: KVCache | None) -> Tensor:
-        x = x + self.att(self.norm1(x), layer, cache)
-        return x + self.ff(self.norm2(x))
+    def prepare(self, openblas: bool) -> GPTLayer:
+        """Lay out the weights for one-token steps: row-major only where the input is the wide side."""
+        qkv, out, fc_in, fc_out = self.att.qkv, self.att.out_proj, self.ff[0], self.ff[2]
+        for lin in (qkv, out, fc_in):
+            lin.weight = column_major(lin.weight)
+        fc_out.weight = row_major(fc_out.weight)
+
+        def proj(lin: nn.Linear) -> Proj:
+            return Proj.of(lin.weight, lin.bias, openblas=openblas)
+
+        return GPTLayer((self.norm1.weight, self.norm1.bias), proj(qkv), proj(out),
+                        (self.norm2.weight, self.norm2.bias), proj(fc_in), proj(fc_out))
 
 
 class GPTModel(_Decoder):
@@ -200,26 +257,20 @@ class GPTModel(_Decoder):
         self.blocks = nn.ModuleList(GPTBlock(cfg) for _ in range(cfg.n_layers))
 
     @torch.no_grad()
-    def prepare_for_inference(self) -> None:
-        """Re-lay out weights for fast one-token decoding (values unchanged; runs after load_state_dict)."""
+    def prepare_for_inference(self, openblas: bool = True) -> None:
         if self.tok_emb.weight.is_meta:
             return
-        for block in self.blocks:
-            block.att.qkv.weight = column_major(block.att.qkv.weight)
-            block.ff[0].weight = column_major(block.ff[0].weight)
-            block.att.out_proj.weight = row_major(block.att.out_proj.weight)
-            block.ff[2].weight = row_major(block.ff[2].weight)
-            for lin in (block.att.qkv, block.att.out_proj, block.ff[0], block.ff[2]):
-                lin.prepare()
-        self._layout_head()
+        self.layers = tuple(block.prepare(openblas) for block in self.blocks)
+        self._layout_head(openblas)
 
     def forward(self, idx: Tensor, cache: KVCache | None = None, last_only: bool = False) -> Tensor:
         """idx (B, T) -> logits (B, T, V), or (B, 1, V) with last_only."""
+        self._ready()
         start = self._start(idx, cache)
         pos = torch.arange(start, start + idx.shape[1], device=idx.device)
-        x = self.tok_emb(idx) + self.pos_emb(pos)  # (B, T, D)
-        for i, block in enumerate(self.blocks):
-            x = block(x, i, cache)
+        x = F.embedding(idx, self.tok_emb.weight) + F.embedding(pos, self.pos_emb.weight)  # (B, T, D)
+        for i, layer in enumerate(self.layers):
+            x = gpt_block(x, layer, self.cfg, i, cache)
         return self._logits(x, cache, last_only)
 
 
@@ -238,8 +289,17 @@ def rope_tables(head_dim: int, base: float, length: int, device: str = "cpu") ->
 
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     """Rotate-half RoPE, [x1, x2] -> [x1 cos - x2 sin, x2 cos + x1 sin], on x's last dim; cos and sin
-    from `rope_tables`, broadcastable to x. Same bits as -x2 * sin: IEEE negation is exact."""
-    return x * cos.to(x.dtype) + x.roll(x.shape[-1] // 2, dims=-1) * sin.to(x.dtype)
+    from `rope_tables`, broadcastable to x and of x's dtype. Same bits as -x2 * sin: IEEE negation
+    is exact."""
+    return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * sin
+
+
+def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
+    """Hugging Face's RMSNorm, computed in float32 (F.rms_norm gives its very bits in float32)."""
+    if x.dtype == torch.float32 and weight.dtype == torch.float32:
+        return F.rms_norm(x, (x.shape[-1],), weight, eps)
+    xf = x.float()
+    return weight * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
 
 
 class RMSNorm(nn.Module):
@@ -249,64 +309,70 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: Tensor) -> Tensor:
-        # Hugging Face's formula, computed in float32; fewer dispatched ops than F.rms_norm
-        xf = x if x.dtype == torch.float32 else x.float()
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * (xf if x.dtype == torch.float32 else xf.to(x.dtype))
+        return rms_norm(x, self.weight, self.eps)
+
+
+@dataclass(frozen=True)
+class LlamaLayer:
+    """One Llama block's tensors, as `llama_block` reads them: q/k/v and gate/up fused."""
+
+    attn_norm: Tensor
+    qkv: Proj
+    o: Proj
+    ffn_norm: Tensor
+    gate_up: Proj
+    down: Proj
+
+
+def llama_block(x: Tensor, w: LlamaLayer, cfg: LlamaConfig, layer: int, cache: KVCache | None,
+                cos: Tensor, sin: Tensor) -> Tensor:
+    """One Llama block on x (B, T, D): grouped-query attention with RoPE, then the SwiGLU MLP."""
+    b, t, _ = x.shape
+    hd, nh, nkv = cfg.head_dim, cfg.n_heads, cfg.n_kv_heads
+    qkv = w.qkv(rms_norm(x, w.attn_norm, cfg.norm_eps))
+    # q and k rotated together: one RoPE instead of two
+    qk = apply_rope(qkv[..., :(nh + nkv) * hd].view(b, t, nh + nkv, hd), cos, sin)
+    q = qk[:, :, :nh].transpose(1, 2)   # (B, H, T, hd)
+    k = qk[:, :, nh:].transpose(1, 2)   # (B, H_kv, T, hd)
+    v = qkv[..., (nh + nkv) * hd:].view(b, t, nkv, hd).transpose(1, 2)
+    past = 0
+    if cache is not None:
+        past = cache.pos
+        k, v = cache.update(layer, k, v)
+    y = _attend(q, k, v, past, gqa=nh != nkv)
+    x = x + w.o(y.transpose(1, 2).reshape(b, t, nh * hd))
+    gate, up = w.gate_up(rms_norm(x, w.ffn_norm, cfg.norm_eps)).chunk(2, dim=-1)
+    return x + w.down(F.silu(gate) * up)
 
 
 class LlamaAttention(nn.Module):
+    """Parameters of Llama's attention; the math is in `llama_block`."""
+
     def __init__(self, cfg: LlamaConfig) -> None:
         super().__init__()
-        self.cfg = cfg
         hd = cfg.head_dim
-        self.q_proj = Linear(cfg.emb_dim, cfg.n_heads * hd, bias=False)
-        self.k_proj = Linear(cfg.emb_dim, cfg.n_kv_heads * hd, bias=False)
-        self.v_proj = Linear(cfg.emb_dim, cfg.n_kv_heads * hd, bias=False)
-        self.o_proj = Linear(cfg.n_heads * hd, cfg.emb_dim, bias=False)
-        # q, k, v in one matmul; set by prepare_for_inference (not saved: the state dict keeps q/k/v)
+        self.q_proj = nn.Linear(cfg.emb_dim, cfg.n_heads * hd, bias=False)
+        self.k_proj = nn.Linear(cfg.emb_dim, cfg.n_kv_heads * hd, bias=False)
+        self.v_proj = nn.Linear(cfg.emb_dim, cfg.n_kv_heads * hd, bias=False)
+        self.o_proj = nn.Linear(cfg.n_heads * hd, cfg.emb_dim, bias=False)
+        # q, k, v in one matmul; set by prepare (not saved: the state dict keeps q/k/v)
         self.register_buffer("qkv_weight", None, persistent=False)
-        self.qkv_gemv: Gemv | None = None
-
-    def forward(self, x: Tensor, layer: int, cache: KVCache | None, cos: Tensor, sin: Tensor) -> Tensor:
-        b, t, _ = x.shape
-        c = self.cfg
-        nq, nkv = c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim
-        if self.qkv_weight is not None:
-            qkv = linear(x, self.qkv_weight, None, self.qkv_gemv)
-        else:
-            qkv = torch.cat([self.q_proj(x), self.k_proj(x), self.v_proj(x)], dim=-1)
-        # q and k rotated together: one RoPE instead of two
-        qk = apply_rope(qkv[..., :nq + nkv].view(b, t, c.n_heads + c.n_kv_heads, c.head_dim), cos, sin)
-        q = qk[:, :, :c.n_heads].transpose(1, 2)   # (B, H, T, hd)
-        k = qk[:, :, c.n_heads:].transpose(1, 2)   # (B, H_kv, T, hd)
-        v = qkv[..., nq + nkv:].view(b, t, c.n_kv_heads, c.head_dim).transpose(1, 2)
-        past = 0
-        if cache is not None:
-            past = cache.pos
-            k, v = cache.update(layer, k, v)
-        y = _attend(q, k, v, past, gqa=c.n_heads != c.n_kv_heads)
-        return self.o_proj(y.transpose(1, 2).reshape(b, t, c.n_heads * c.head_dim))
 
 
 class LlamaMLP(nn.Module):
+    """Parameters of Llama's SwiGLU MLP; the math is in `llama_block`."""
+
     def __init__(self, cfg: LlamaConfig) -> None:
         super().__init__()
-        self.gate_proj = Linear(cfg.emb_dim, cfg.hidden_dim, bias=False)
-        self.up_proj = Linear(cfg.emb_dim, cfg.hidden_dim, bias=False)
-        self.down_proj = Linear(cfg.hidden_dim, cfg.emb_dim, bias=False)
+        self.gate_proj = nn.Linear(cfg.emb_dim, cfg.hidden_dim, bias=False)
+        self.up_proj = nn.Linear(cfg.emb_dim, cfg.hidden_dim, bias=False)
+        self.down_proj = nn.Linear(cfg.hidden_dim, cfg.emb_dim, bias=False)
         self.register_buffer("gate_up_weight", None, persistent=False)  # see LlamaAttention.qkv_weight
-        self.gate_up_gemv: Gemv | None = None
-
-    def forward(self, x: Tensor) -> Tensor:
-        if self.gate_up_weight is not None:
-            gate, up = linear(x, self.gate_up_weight, None, self.gate_up_gemv).chunk(2, dim=-1)
-        else:
-            gate, up = self.gate_proj(x), self.up_proj(x)
-        return self.down_proj(F.silu(gate) * up)
 
 
 class LlamaBlock(nn.Module):
+    """Parameters of one Llama block, named as the state dict names them; the math is in `llama_block`."""
+
     def __init__(self, cfg: LlamaConfig) -> None:
         super().__init__()
         self.attn_norm = RMSNorm(cfg.emb_dim, cfg.norm_eps)
@@ -314,9 +380,16 @@ class LlamaBlock(nn.Module):
         self.ffn_norm = RMSNorm(cfg.emb_dim, cfg.norm_eps)
         self.mlp = LlamaMLP(cfg)
 
-    def forward(self, x: Tensor, layer: int, cache: KVCache | None, cos: Tensor, sin: Tensor) -> Tensor:
-        x = x + self.attn(self.attn_norm(x), layer, cache, cos, sin)
-        return x + self.mlp(self.ffn_norm(x))
+    def prepare(self, openblas: bool) -> LlamaLayer:
+        """Fuse q/k/v and gate/up into one column-major matmul each; down, whose input is the wide side, row-major."""
+        att, mlp = self.attn, self.mlp
+        att.qkv_weight = _fuse_column_major(att.q_proj, att.k_proj, att.v_proj)
+        mlp.gate_up_weight = _fuse_column_major(mlp.gate_proj, mlp.up_proj)
+        att.o_proj.weight = column_major(att.o_proj.weight)
+        mlp.down_proj.weight = row_major(mlp.down_proj.weight)
+        proj = functools.partial(Proj.of, openblas=openblas)
+        return LlamaLayer(self.attn_norm.weight, proj(att.qkv_weight), proj(att.o_proj.weight),
+                          self.ffn_norm.weight, proj(mlp.gate_up_weight), proj(mlp.down_proj.weight))
 
 
 class LlamaModel(_Decoder):
@@ -325,31 +398,23 @@ class LlamaModel(_Decoder):
         self.blocks = nn.ModuleList(LlamaBlock(cfg) for _ in range(cfg.n_layers))
 
     @torch.no_grad()
-    def prepare_for_inference(self) -> None:
-        """Fuse q/k/v and gate/up into one column-major matmul each and lay out the LM head for
-        fast decoding (values unchanged; runs after load_state_dict, safe to call again)."""
+    def prepare_for_inference(self, openblas: bool = True) -> None:
         if self.tok_emb.weight.is_meta:
             return
-        for block in self.blocks:
-            att, mlp = block.attn, block.mlp
-            att.qkv_weight = _fuse_column_major(att.q_proj, att.k_proj, att.v_proj)
-            mlp.gate_up_weight = _fuse_column_major(mlp.gate_proj, mlp.up_proj)
-            att.qkv_gemv, mlp.gate_up_gemv = prepare(att.qkv_weight), prepare(mlp.gate_up_weight)
-            att.o_proj.weight = row_major(att.o_proj.weight)
-            mlp.down_proj.weight = row_major(mlp.down_proj.weight)
-            att.o_proj.prepare()
-            mlp.down_proj.prepare()
-        self._layout_head()
+        self.layers = tuple(block.prepare(openblas) for block in self.blocks)
+        self._layout_head(openblas)
 
     def forward(self, idx: Tensor, cache: KVCache | None = None, last_only: bool = False) -> Tensor:
         """idx (B, T) -> logits (B, T, V), or (B, 1, V) with last_only."""
+        self._ready()
         start = self._start(idx, cache)
         end = start + idx.shape[1]
         cos, sin = rope_tables(self.cfg.head_dim, self.cfg.rope_base, self.cfg.context_length, str(idx.device))
-        cos, sin = cos[start:end, None], sin[start:end, None]  # (T, 1, hd): broadcast over heads
-        x = self.tok_emb(idx)  # (B, T, D)
-        for i, block in enumerate(self.blocks):
-            x = block(x, i, cache, cos, sin)
+        dtype = self.tok_emb.weight.dtype
+        cos, sin = cos[start:end, None].to(dtype), sin[start:end, None].to(dtype)  # (T, 1, hd): over heads
+        x = F.embedding(idx, self.tok_emb.weight)  # (B, T, D)
+        for i, layer in enumerate(self.layers):
+            x = llama_block(x, layer, self.cfg, i, cache, cos, sin)
         return self._logits(x, cache, last_only)
 
 

@@ -9,7 +9,7 @@ the logits do not change by a single bit; `prepare` checks that once per weight 
 shape whose split would round differently on one thread. Where numpy's BLAS is not OpenBLAS, or its
 thread count can't be set, `prepare` returns None and torch runs the GEMV on one core.
 
-OpenBLAS's thread count is process-wide, so `linear` sets it around each call and puts it back.
+OpenBLAS's thread count is process-wide, so `linear` sets the count it needs before each call.
 
 Both cores only pay off while the second one is free: with another process on it, threads that
 wait for each other make a step about 2x slower. `CoreGovernor` watches the machine and allows the
@@ -163,17 +163,15 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, gemv: Gemv | N
     if x.numel() != x.shape[-1]:
         return F.linear(x, weight, bias)
     out = weight.shape[0]
-    if gemv is None or x.dtype != torch.float32:
+    if gemv is None or x.dtype != torch.float32 or x.requires_grad:
         row = x.reshape(1, -1)
         y = torch.mm(row, weight.t()) if bias is None else torch.addmm(bias, row, weight.t())
         return y.view(*x.shape[:-1], out)
-    y = torch.empty(gemv.width, dtype=torch.float32)
-    before = BLAS.threads(2 if gemv.two_threads and _two_way.get() else 1)
-    try:
-        gemv.dot(x.reshape(-1).contiguous().numpy(), y.numpy())
-    finally:
-        BLAS.threads(before)
-    y = y[:out].view(*x.shape[:-1], out)
+    y = np.empty(gemv.width, np.float32)
+    # set before every product, not put back after: another thread may have changed it meanwhile
+    BLAS.threads(2 if gemv.two_threads and _two_way.get() else 1)
+    gemv.dot(x.numpy().reshape(-1), y)
+    y = torch.from_numpy(y if gemv.width == out else y[:out]).view(*x.shape[:-1], out)
     return y if bias is None else y + bias
 
 

@@ -172,6 +172,29 @@ def test_approximate_mode_is_bf16_and_close(gpt2: core.LanguageModel) -> None:
     assert len(steps) == 5
 
 
+@pytest.mark.parametrize("preset", ["gpt2-tiny", "llama-tiny"])
+def test_forward_reads_the_modules_own_tensors(preset: str) -> None:
+    """`layers` (what the forward pass reads) are the parameters themselves, gathered again after
+    .to() and on request without OpenBLAS, so they never go stale."""
+    from core.weights import load_checked, random_state
+
+    cfg = core.load_model(preset).model.cfg
+    model = load_checked(cfg, random_state(cfg))
+    first = model.layers[0]
+    qkv = model.blocks[0].att.qkv.weight if preset == "gpt2-tiny" else model.blocks[0].attn.qkv_weight
+    assert first.qkv.weight is qkv and first.qkv.gemv is not None
+    idx = torch.tensor([[1, 2, 3, 4]])
+    with torch.inference_mode():
+        ref = model(idx)
+        model.prepare_for_inference(openblas=False)
+        assert all(p.gemv is None for layer in model.layers for p in vars(layer).values() if hasattr(p, "gemv"))
+        torch.testing.assert_close(model(idx), ref, atol=ATOL, rtol=0)
+        model.to(torch.bfloat16)
+        assert model.layers[0].qkv.weight.dtype == torch.bfloat16 and model.head.weight.dtype == torch.bfloat16
+        diff = (model(idx).float() - ref).abs().max().item()
+    assert 0 < diff < 0.1, f"bf16 logits differ by {diff:.3g}: stale float32 tensors, or wrong ones"
+
+
 def test_configure_threads(monkeypatch: pytest.MonkeyPatch) -> None:
     before = torch.get_num_threads()
     try:
