@@ -6,6 +6,7 @@ A loaded model is shared by every browser session, so it holds no per-request st
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -48,7 +49,7 @@ def _fuse_column_major(*linears: nn.Linear) -> Tensor:
     return fused
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # eq would compare tensors
 class Proj:
     """A linear layer's tensors for the forward pass: weight (out, in), bias, and the weight's
     OpenBLAS view for one-token steps (None: torch computes every product; see core/parallel.py)."""
@@ -123,12 +124,13 @@ class _Decoder(nn.Module):
     """What GPT-2 and Llama share: embedding + tied LM head, the per-request cache, the forward's ends.
 
     The forward pass runs on `layers`, one frozen dataclass of tensors per block gathered by
-    `prepare_for_inference`, through pure functions (`gpt_block`, `llama_block`): a decode step is
-    ~200 small ops, and calling them through nn.Module.__call__ and its attribute lookups cost about
-    a tenth of the step (bench/RESULTS.md). The modules hold the parameters and the state dict.
+    `prepare_for_inference`, through pure functions (`gpt_block`, `llama_block`): a SmolLM2 decode
+    step has ~200 modules' worth of small ops, and nn.Module.__call__ with its attribute lookups
+    added about 3 ms to it. The modules hold the parameters and name them in the state dict.
     """
 
     cfg: GPTConfig | LlamaConfig
+    blocks: nn.ModuleList
 
     def __init__(self, cfg: GPTConfig | LlamaConfig, final_norm: nn.Module) -> None:
         super().__init__()
@@ -142,15 +144,19 @@ class _Decoder(nn.Module):
         self.head: Proj | None = None
         self.register_load_state_dict_post_hook(_after_load)
 
+    @torch.no_grad()
     def prepare_for_inference(self, openblas: bool = True) -> None:
         """Re-lay out the weights for fast one-token steps and gather `layers` (values unchanged;
         runs after load_state_dict and after .to(), safe to call again). openblas=False leaves every
         product to torch (bench/ compares the two)."""
-        raise NotImplementedError
+        if self.tok_emb.weight.is_meta:
+            return
+        self.layers = tuple(block.prepare(openblas) for block in self.blocks)
+        self._layout_head(openblas)
 
-    def _apply(self, fn, recurse=True):  # .to(), .float(), ...: gather the new tensors again
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> _Decoder:
         out = super()._apply(fn, recurse)
-        self.prepare_for_inference()
+        self.prepare_for_inference()  # .to() and the like replace tensors: gather the new ones
         return out
 
     def _layout_head(self, openblas: bool) -> None:
@@ -187,7 +193,7 @@ class _Decoder(nn.Module):
 
 # ---------------------------------------------------------------- GPT-2
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class GPTLayer:
     """One GPT-2 block's tensors, as `gpt_block` reads them."""
 
@@ -256,13 +262,6 @@ class GPTModel(_Decoder):
         self.pos_emb = _embedding(cfg.context_length, cfg.emb_dim)
         self.blocks = nn.ModuleList(GPTBlock(cfg) for _ in range(cfg.n_layers))
 
-    @torch.no_grad()
-    def prepare_for_inference(self, openblas: bool = True) -> None:
-        if self.tok_emb.weight.is_meta:
-            return
-        self.layers = tuple(block.prepare(openblas) for block in self.blocks)
-        self._layout_head(openblas)
-
     def forward(self, idx: Tensor, cache: KVCache | None = None, last_only: bool = False) -> Tensor:
         """idx (B, T) -> logits (B, T, V), or (B, 1, V) with last_only."""
         self._ready()
@@ -312,7 +311,7 @@ class RMSNorm(nn.Module):
         return rms_norm(x, self.weight, self.eps)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class LlamaLayer:
     """One Llama block's tensors, as `llama_block` reads them: q/k/v and gate/up fused."""
 
@@ -396,13 +395,6 @@ class LlamaModel(_Decoder):
     def __init__(self, cfg: LlamaConfig) -> None:
         super().__init__(cfg, RMSNorm(cfg.emb_dim, cfg.norm_eps))
         self.blocks = nn.ModuleList(LlamaBlock(cfg) for _ in range(cfg.n_layers))
-
-    @torch.no_grad()
-    def prepare_for_inference(self, openblas: bool = True) -> None:
-        if self.tok_emb.weight.is_meta:
-            return
-        self.layers = tuple(block.prepare(openblas) for block in self.blocks)
-        self._layout_head(openblas)
 
     def forward(self, idx: Tensor, cache: KVCache | None = None, last_only: bool = False) -> Tensor:
         """idx (B, T) -> logits (B, T, V), or (B, 1, V) with last_only."""
