@@ -60,8 +60,9 @@ def fit_context(ids: Sequence[int], max_new_tokens: int, context_length: int) ->
 def _candidates(lm: LanguageModel, logits: Tensor, raw_probs: Tensor, probs: Tensor, n: int
                 ) -> tuple[tuple[Candidate, ...], tuple[Candidate, ...]]:
     def build(order: Tensor) -> tuple[Candidate, ...]:
-        return tuple(Candidate(int(i), lm.tokenizer.token_text(int(i)), float(probs[i]), float(raw_probs[i]),
-                               float(logits[i])) for i in order.tolist())
+        # one gather per tensor: indexing element by element cost ~3 us a number, 60 per step
+        columns = zip(order.tolist(), probs[order].tolist(), raw_probs[order].tolist(), logits[order].tolist())
+        return tuple(Candidate(i, lm.tokenizer.token_text(i), p, raw, logit) for i, p, raw, logit in columns)
 
     n = min(n, logits.shape[-1])
     before = build(torch.topk(logits, n).indices)
@@ -85,6 +86,7 @@ def generate_many(lm: LanguageModel, prompt: str | Sequence[int], configs: Seque
     ids, dropped, max_new = fit_context(ids, max_new_tokens, lm.context_length)
     gen = make_generator(configs[0].seed if seed is None else seed)
     b = len(configs)
+    greedy = all(c.greedy for c in configs)
     decoders = [codecs.getincrementaldecoder("utf-8")(errors="replace") for _ in range(b)]
     seqs = [list(ids) for _ in range(b)]
     done = [False] * b
@@ -104,7 +106,8 @@ def generate_many(lm: LanguageModel, prompt: str | Sequence[int], configs: Seque
                 u = draw_uniform(gen, 1).expand(b)  # drawn every step, so greedy columns never shift the others
                 raw_probs = torch.softmax(logits, dim=-1)
                 probs = torch.stack([probabilities(logits[i], c) for i, c in enumerate(configs)])
-                chosen = sample(probs, uniform=u)
+                # a greedy row is one token at probability 1, which every draw picks: skip the draw
+                chosen = probs.argmax(-1) if greedy else sample(probs, uniform=u)
                 raw_ent, ent = entropy(raw_probs), entropy(probs)
                 out: list[Step | None] = []
                 for i in range(b):

@@ -515,3 +515,14 @@ def test_rank_of():
     assert rank_of(BOOK_LOGITS, torch.tensor([3, 2])).tolist() == [1, 9]
     with pytest.raises(ValueError, match=r"token ids must be in \[0, 9\)"):
         rank_of(BOOK_LOGITS, torch.tensor(9))
+
+
+def test_greedy_draw_is_the_argmax_of_its_distribution():
+    """generate_many skips the draw for greedy rows: every uniform picks the one token of the one-hot."""
+    gen = torch.Generator().manual_seed(3)
+    logits = torch.randn(4, 300, generator=gen)
+    logits[1, 7] = logits[1, 250] = logits[1].max() + 1  # a tie: the lower id wins
+    probs = probabilities(logits, SamplingConfig(temperature=0))
+    for u in (0.0, 0.3, 0.999999):
+        assert torch.equal(sample(probs, uniform=torch.full((4,), u, dtype=torch.float64)), probs.argmax(-1))
+    assert probs.argmax(-1)[1] == 7
