@@ -77,6 +77,8 @@ def test_row_major_weight_and_what_cannot_be_prepared() -> None:
     x = torch.randn(1, 40)
     with two_way(True):
         torch.testing.assert_close(linear(x, w, b, gemv), F.linear(x, w, b))
+    x.requires_grad_()  # numpy can't see a tensor that tracks gradients: torch computes it
+    torch.testing.assert_close(linear(x, w, b, gemv), F.linear(x, w, b))
     assert prepare(torch.randn(64, 80)[:, ::2]) is None                 # strided: would need a copy
     assert prepare(torch.randn(64, 40, dtype=torch.bfloat16)) is None  # OpenBLAS has no bfloat16
     assert prepare(torch.randn(3, 64, 40)) is None
