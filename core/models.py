@@ -380,7 +380,8 @@ class LlamaBlock(nn.Module):
         self.mlp = LlamaMLP(cfg)
 
     def prepare(self, openblas: bool) -> LlamaLayer:
-        """Fuse q/k/v and gate/up into one column-major matmul each; down, whose input is the wide side, row-major."""
+        """Fuse q/k/v and gate/up into one column-major matmul each; o column-major too; down, whose
+        input is the wide side, row-major."""
         att, mlp = self.attn, self.mlp
         att.qkv_weight = _fuse_column_major(att.q_proj, att.k_proj, att.v_proj)
         mlp.gate_up_weight = _fuse_column_major(mlp.gate_proj, mlp.up_proj)

@@ -298,7 +298,7 @@ def moot_warnings(a: Analysis) -> list[str]:
 
 
 def entropy_bits(probs: Tensor) -> float:
-    return max(0.0, float(core.entropy(probs)))   # a one-hot row gives -0.0
+    return max(0.0, float(core.entropy(probs)))   # never shown as -0.00, or as a rounding hair below 0
 
 
 # --- picking the next token ------------------------------------------------------------------
