@@ -9,11 +9,13 @@ import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import GPTConfig, LlamaConfig
+from .numpy_step import KV, DecoderArrays, GPTBlockArrays, LlamaBlockArrays, RowProj, gpt_step, llama_step
 from .parallel import Gemv, linear, padded_width, prepare
 
 
@@ -65,6 +67,16 @@ class Proj:
     def __call__(self, x: Tensor) -> Tensor:
         return linear(x, self.weight, self.bias, self.gemv)
 
+    def row(self) -> RowProj | None:
+        """The numpy side for core.numpy_step; None without an OpenBLAS view."""
+        if self.gemv is None:
+            return None
+        return RowProj(self.gemv, self.weight.shape[0], None if self.bias is None else self.bias.detach().numpy())
+
+
+def _arrays(t: Tensor) -> np.ndarray:
+    return t.detach().numpy()
+
 
 def _after_load(module: nn.Module, incompatible_keys: object) -> None:
     module.prepare_for_inference()
@@ -80,6 +92,17 @@ class KVCache:
         self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
         self.max_len = max_len
         self.pos = 0  # tokens already stored
+        self._arrays: KV | None = None
+
+    @property
+    def batch(self) -> int:
+        return self.k[0].shape[0]
+
+    def arrays(self) -> KV:
+        """Row 0's keys and values as numpy views (n_kv_heads, max_len, head_dim), for core.numpy_step."""
+        if self._arrays is None:
+            self._arrays = [(k[0].numpy(), v[0].numpy()) for k, v in zip(self.k, self.v)]
+        return self._arrays
 
     def repeat_batch(self, batch: int) -> "KVCache":
         """Share one batch-1 prefill between several continuations (one copy per row)."""
@@ -88,7 +111,7 @@ class KVCache:
         out = KVCache.__new__(KVCache)
         out.k = [k.expand(batch, -1, -1, -1).clone() for k in self.k]
         out.v = [v.expand(batch, -1, -1, -1).clone() for v in self.v]
-        out.max_len, out.pos = self.max_len, self.pos
+        out.max_len, out.pos, out._arrays = self.max_len, self.pos, None
         return out
 
     def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
@@ -142,6 +165,7 @@ class _Decoder(nn.Module):
             self.out_head.weight = self.tok_emb.weight
         self.layers: tuple[GPTLayer, ...] | tuple[LlamaLayer, ...] = ()
         self.head: Proj | None = None
+        self.arrays: DecoderArrays | None = None  # the numpy one-token step's weights (core.numpy_step)
         self.register_load_state_dict_post_hook(_after_load)
 
     @torch.no_grad()
@@ -153,6 +177,7 @@ class _Decoder(nn.Module):
             return
         self.layers = tuple(block.prepare(openblas) for block in self.blocks)
         self._layout_head(openblas)
+        self.arrays = self._gather_arrays()
 
     def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> _Decoder:
         out = super()._apply(fn, recurse)
@@ -169,6 +194,32 @@ class _Decoder(nn.Module):
     def _ready(self) -> None:
         if self.head is None:  # built without load_state_dict (whose hook prepares)
             self.prepare_for_inference()
+
+    def _gather_arrays(self) -> DecoderArrays | None:
+        """numpy views of every weight for core.numpy_step; None unless every product has OpenBLAS."""
+        head = self.head.row()
+        blocks = tuple(self._block_arrays(layer) for layer in self.layers)
+        if head is None or None in blocks:
+            return None
+        pos_emb = getattr(self, "pos_emb", None)
+        return DecoderArrays(_arrays(self.tok_emb.weight), None if pos_emb is None else _arrays(pos_emb.weight),
+                             blocks, tuple(_arrays(t) for t in self.final_norm.parameters()), head)
+
+    def _block_arrays(self, layer: GPTLayer | LlamaLayer) -> GPTBlockArrays | LlamaBlockArrays | None:
+        raise NotImplementedError
+
+    def _numpy_step(self, token: int, pos: int, kv: KV) -> np.ndarray:
+        raise NotImplementedError
+
+    def _one_token(self, idx: Tensor, cache: KVCache | None) -> Tensor | None:
+        """A batch-of-one decode step through core.numpy_step, or None where it does not apply
+        (prompts, batches, gradients, and models without `arrays`): the torch forward runs then."""
+        if (self.arrays is None or cache is None or idx.shape != (1, 1) or cache.batch != 1
+                or torch.is_grad_enabled()):
+            return None
+        logits = self._numpy_step(idx.item(), cache.pos, cache.arrays())
+        cache.pos += 1
+        return torch.from_numpy(logits).view(1, 1, -1)
 
     def new_cache(self, batch: int, max_len: int) -> KVCache:
         c = self.cfg
@@ -262,10 +313,23 @@ class GPTModel(_Decoder):
         self.pos_emb = _embedding(cfg.context_length, cfg.emb_dim)
         self.blocks = nn.ModuleList(GPTBlock(cfg) for _ in range(cfg.n_layers))
 
+    def _block_arrays(self, layer: GPTLayer) -> GPTBlockArrays | None:
+        projs = [p.row() for p in (layer.qkv, layer.out, layer.fc_in, layer.fc_out)]
+        if None in projs:
+            return None
+        qkv, out, fc_in, fc_out = projs
+        norm1, norm2 = (tuple(_arrays(t) for t in norm) for norm in (layer.norm1, layer.norm2))
+        return GPTBlockArrays(norm1, qkv, out, norm2, fc_in, fc_out)
+
+    def _numpy_step(self, token: int, pos: int, kv: KV) -> np.ndarray:
+        return gpt_step(self.arrays, self.cfg, token, pos, kv)
+
     def forward(self, idx: Tensor, cache: KVCache | None = None, last_only: bool = False) -> Tensor:
         """idx (B, T) -> logits (B, T, V), or (B, 1, V) with last_only."""
         self._ready()
         start = self._start(idx, cache)
+        if (logits := self._one_token(idx, cache)) is not None:
+            return logits
         pos = torch.arange(start, start + idx.shape[1], device=idx.device)
         x = F.embedding(idx, self.tok_emb.weight) + F.embedding(pos, self.pos_emb.weight)  # (B, T, D)
         for i, layer in enumerate(self.layers):
@@ -397,10 +461,23 @@ class LlamaModel(_Decoder):
         super().__init__(cfg, RMSNorm(cfg.emb_dim, cfg.norm_eps))
         self.blocks = nn.ModuleList(LlamaBlock(cfg) for _ in range(cfg.n_layers))
 
+    def _block_arrays(self, layer: LlamaLayer) -> LlamaBlockArrays | None:
+        projs = [p.row() for p in (layer.qkv, layer.o, layer.gate_up, layer.down)]
+        if None in projs:
+            return None
+        qkv, o, gate_up, down = projs
+        return LlamaBlockArrays(_arrays(layer.attn_norm), qkv, o, _arrays(layer.ffn_norm), gate_up, down)
+
+    def _numpy_step(self, token: int, pos: int, kv: KV) -> np.ndarray:
+        cos, sin = rope_tables(self.cfg.head_dim, self.cfg.rope_base, self.cfg.context_length)
+        return llama_step(self.arrays, self.cfg, token, pos, kv, cos.numpy()[pos], sin.numpy()[pos].reshape(2, -1))
+
     def forward(self, idx: Tensor, cache: KVCache | None = None, last_only: bool = False) -> Tensor:
         """idx (B, T) -> logits (B, T, V), or (B, 1, V) with last_only."""
         self._ready()
         start = self._start(idx, cache)
+        if (logits := self._one_token(idx, cache)) is not None:
+            return logits
         end = start + idx.shape[1]
         cos, sin = rope_tables(self.cfg.head_dim, self.cfg.rope_base, self.cfg.context_length, str(idx.device))
         dtype = self.tok_emb.weight.dtype

@@ -168,15 +168,22 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, gemv: Gemv | N
         row = x.reshape(1, -1)
         y = torch.mm(row, weight.t()) if bias is None else torch.addmm(bias, row, weight.t())
         return y.view(*x.shape[:-1], out)
+    y = row_product(gemv, x.numpy().reshape(-1), out, None if bias is None else bias.detach().numpy())
+    return torch.from_numpy(y).view(*x.shape[:-1], out)
+
+
+def row_product(gemv: Gemv, x: np.ndarray, out: int, bias: np.ndarray | None = None) -> np.ndarray:
+    """The weight times the float32 row x (+ bias): a new (out,) array. On OpenBLAS's one thread, or
+    on two inside `two_way(True)` where the split gives the same bits."""
     y = np.empty(gemv.width, np.float32)
     # set before every product, not put back after: another thread may have changed it meanwhile
     BLAS.threads(2 if gemv.two_threads and _two_way.get() else 1)
-    gemv.dot(x.numpy().reshape(-1), y)
+    gemv.dot(x, y)
     y = y if gemv.width == out else y[:out]
     if bias is not None:
         # numpy's float32 add rounds as torch's does, without a torch dispatch (~5 us after a GEMV)
-        np.add(y, bias.detach().numpy(), out=y)
-    return torch.from_numpy(y).view(*x.shape[:-1], out)
+        np.add(y, bias, out=y)
+    return y
 
 
 @contextmanager

@@ -1,0 +1,119 @@
+"""core/numpy_step.py: the numpy one-token decode step gives the torch forward's logits, piece by
+piece and whole, and runs only where it applies (one row, a cache, no gradients, OpenBLAS)."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import core
+from core import numpy_step
+from core.models import apply_rope, rms_norm, rope_tables
+from core.parallel import BLAS
+from core.weights import load_checked, random_state
+
+needs_openblas = pytest.mark.skipif(BLAS is None, reason="numpy's BLAS here is not OpenBLAS: no numpy step")
+ATOL = 1e-4
+
+
+def _rand(*shape: int, seed: int = 0) -> torch.Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+def test_norms_match_torch() -> None:
+    x, w, b = _rand(576), _rand(576, seed=1), _rand(576, seed=2)
+    torch.testing.assert_close(torch.from_numpy(numpy_step.rms_norm(x.numpy(), w.numpy(), 1e-5)),
+                               rms_norm(x, w, 1e-5), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(torch.from_numpy(numpy_step.layer_norm(x.numpy() + 3, w.numpy(), b.numpy(), 1e-5)),
+                               F.layer_norm(x + 3, (576,), w, b, 1e-5), atol=1e-5, rtol=1e-5)
+    assert np.array_equal(numpy_step.rms_norm(x.numpy()[::2], w.numpy()[:288], 1e-5),
+                          numpy_step.rms_norm(x.numpy()[::2].copy(), w.numpy()[:288], 1e-5))  # strided row
+
+
+def test_rope_is_apply_ropes_math_bit_for_bit() -> None:
+    cos, sin = rope_tables(64, 10000.0, 100)
+    x = _rand(12, 64)
+    ours = numpy_step.rope(x.numpy(), cos[37].numpy(), sin[37].numpy().reshape(2, -1))
+    assert torch.equal(torch.from_numpy(ours), apply_rope(x, cos[37], sin[37]))
+    assert torch.equal(x, _rand(12, 64))  # input untouched
+
+
+@pytest.mark.parametrize("heads,kv_heads", [(12, 12), (9, 3), (4, 1)])
+def test_attend_matches_sdpa(heads: int, kv_heads: int) -> None:
+    q, k, v = _rand(heads, 64), _rand(kv_heads, 300, 64, seed=1), _rand(kv_heads, 300, 64, seed=2)
+    ours = numpy_step.attend(q.numpy(), k.numpy()[:, :250], v.numpy()[:, :250])  # strided: a cache's prefix
+    expected = F.scaled_dot_product_attention(q.view(1, heads, 1, 64), k[None, :, :250], v[None, :, :250],
+                                              enable_gqa=heads != kv_heads).reshape(-1)
+    torch.testing.assert_close(torch.from_numpy(ours), expected, atol=1e-5, rtol=1e-5)
+    scores = (q.view(kv_heads, -1, 64) @ k[:, :250].transpose(1, 2)) / math.sqrt(64)
+    by_hand = (scores.softmax(-1) @ v[:, :250]).reshape(-1)
+    torch.testing.assert_close(torch.from_numpy(ours), by_hand, atol=1e-5, rtol=1e-5)
+
+
+@pytest.fixture(scope="module", params=["random:gpt2", "random:smollm2-135m"])
+def lm(request: pytest.FixtureRequest) -> core.LanguageModel:
+    return core.load_model(request.param)
+
+
+@needs_openblas
+def test_numpy_step_matches_the_torch_step(lm: core.LanguageModel, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Step after step past a 300-token prompt: the same logits (float32 rounding aside) and the same
+    keys and values written into the cache as the torch forward."""
+    m = lm.model
+    arrays = m.arrays
+    assert arrays is not None, "OpenBLAS is here, so the numpy step should be built"
+    calls = []
+    original = type(m)._numpy_step
+    monkeypatch.setattr(type(m), "_numpy_step", lambda self, *a: calls.append(1) or original(self, *a))
+    idx = torch.randint(0, lm.vocab_size, (1, 300), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        fast_cache, torch_cache = m.new_cache(1, 306), m.new_cache(1, 306)
+        m(idx, fast_cache, last_only=True)
+        logits = m(idx, torch_cache, last_only=True)
+        assert not calls  # a prompt goes through torch
+        for _ in range(6):
+            token = logits[:, -1].argmax(-1, keepdim=True)
+            logits = m(token, fast_cache, last_only=True)
+            m.arrays = None
+            try:
+                expected = m(token, torch_cache, last_only=True)
+            finally:
+                m.arrays = arrays
+            diff = (logits - expected).abs().max().item()
+            assert diff < ATOL, f"{lm.name}: numpy step vs torch step max |Δlogit| {diff:.2e}"
+            assert logits.shape == expected.shape == (1, 1, lm.vocab_size)
+    assert len(calls) == 6 and fast_cache.pos == torch_cache.pos == 306
+    for fast, slow in zip(fast_cache.k + fast_cache.v, torch_cache.k + torch_cache.v):
+        torch.testing.assert_close(fast, slow, atol=1e-5, rtol=1e-4)
+
+
+@needs_openblas
+def test_numpy_step_only_where_it_applies(monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = core.load_model("llama-tiny").model.cfg
+    m = load_checked(cfg, random_state(cfg))
+    calls = []
+    original = type(m)._numpy_step
+    monkeypatch.setattr(type(m), "_numpy_step", lambda self, *a: calls.append(1) or original(self, *a))
+    token = torch.tensor([[5]])
+    with torch.inference_mode():
+        m(token)                                  # no cache
+        cache = m.new_cache(2, 8)
+        m(token.expand(2, 1), cache)              # a batch of two
+        m(torch.tensor([[5, 6]]), m.new_cache(1, 8))  # two tokens
+        assert not calls
+        m(token, m.new_cache(1, 8))
+        assert len(calls) == 1
+    with torch.no_grad():
+        m(token, m.new_cache(1, 8))
+    assert len(calls) == 2
+    m(token, m.new_cache(1, 8))                   # gradients on: torch, which can track them
+    assert len(calls) == 2
+    m.prepare_for_inference(openblas=False)       # torch's GEMVs asked for: no numpy step
+    assert m.arrays is None
+    m.prepare_for_inference()
+    assert m.arrays is not None
+    m.to(torch.bfloat16)                          # OpenBLAS has no bfloat16
+    assert m.arrays is None
