@@ -230,8 +230,8 @@ class CoreGovernor:
     Yes only if this machine has two or more cores, no other generation in this process stepped
     within `recent_s` (or is reading its prompt), and other processes left two cores free (on 2
     cores: they used less than `busy_cores` of a core), measured from /proc over the last
-    `window_s`..2x`window_s` (off Linux the answer is no). After an idle spell the first `window_s`
-    runs on one core while it measures. $SAMPLING_LAB_TWO_CORES = on / off overrides the machine
+    `window_s`..2x`window_s` (off Linux the answer is no). A request's first window is its prompt's
+    forward pass, measured from `begin`; a step before `window_s` has passed runs on one core. $SAMPLING_LAB_TWO_CORES = on / off overrides the machine
     check; the default is auto.
     """
 
@@ -248,6 +248,7 @@ class CoreGovernor:
         self._lock = threading.Lock()
         self._last_step: dict[int, float] = {}  # request id -> time of its last step
         self._base: tuple[float, tuple[int, int, int]] | None = None  # where the current window starts
+        self._base_at_begin = False  # the base was read by `begin`: a window of any length is current
         self._checked = 0.0
         self._machine_free = False
         self.others_busy: float | None = None  # cores' worth other processes used, last measured
@@ -266,9 +267,14 @@ class CoreGovernor:
             return alone and (self.mode == "on" or self._free(now))
 
     def begin(self, request: int) -> None:
-        """Count `request` as running until its first step (a long prompt's forward pass takes a core)."""
+        """Count `request` as running until its first step (a long prompt's forward pass takes a core),
+        and start measuring the machine: the prompt's forward pass is the first window."""
         with self._lock:
             self._last_step[request] = float("inf")
+            if self.mode == "auto" and self.cpus >= 2:
+                reading = self._read()
+                self._base = None if reading is None else (self._clock(), reading)
+                self._base_at_begin, self._machine_free = True, False
 
     def finish(self, request: int) -> None:
         with self._lock:
@@ -276,8 +282,8 @@ class CoreGovernor:
 
     def _free(self, now: float) -> bool:
         base = self._base
-        if base is None or now - base[0] > 4 * self.window_s:  # nothing recent to compare with
-            reading = self._read()
+        if base is None or (now - base[0] > 4 * self.window_s and not self._base_at_begin):
+            reading = self._read()  # nothing recent to compare with
             self._base = None if reading is None else (now, reading)
             self._machine_free = False
             return False
@@ -295,7 +301,7 @@ class CoreGovernor:
             self._machine_free = self.others_busy < self.cpus - 2 + self.busy_cores
         self._checked = now
         if now - base[0] >= 2 * self.window_s:
-            self._base = (now, reading)
+            self._base, self._base_at_begin = (now, reading), False
         return self._machine_free
 
 

@@ -197,6 +197,26 @@ def test_governor_allows_two_cores_only_on_an_idle_machine(monkeypatch: pytest.M
     assert _steps(gov, m, 20)[-1]               # and it comes back once the process is gone
 
 
+def test_governor_measures_the_machine_while_the_prompt_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    m = _Machine()
+    gov = _governor(m)
+    gov.begin(1)
+    m.advance(1.5)                              # a long prompt's forward pass: a whole window and more
+    assert gov.allow(1)                         # so the very first step may use both cores
+    gov.finish(1)
+    m.others = 1.0
+    gov.begin(2)
+    m.advance(1.5)
+    assert not gov.allow(2)                     # another process was busy meanwhile
+    gov.finish(2)
+    m.others = 0.0
+    gov.begin(3)
+    m.advance(0.05)                             # a short prompt: half a window
+    steps = _steps(gov, m, 4, request=3)       # 25 ms apart
+    assert not steps[0] and steps[-1]           # one core until a window has passed since begin
+
+
 def test_governor_on_a_bigger_machine_needs_only_two_free_cores(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("os.cpu_count", lambda: 4)
     m = _Machine(cpus=4)
