@@ -66,8 +66,17 @@ def _candidates(lm: LanguageModel, logits: Tensor, raw_probs: Tensor, probs: Ten
 
     n = min(n, logits.shape[-1])
     before = build(torch.topk(logits, n).indices)
-    top = torch.topk(probs, min(n, int((probs > 0).sum())))
-    return before, build(top.indices)
+    top = torch.topk(probs, n)
+    return before, build(top.indices[top.values > 0])  # tokens the filters removed are not candidates
+
+
+def _rank(logits: Tensor, token: int, top: tuple[Candidate, ...]) -> int:
+    """rank_of(logits, token), read off the top candidates when the token is among them: every
+    larger logit is then among them too (a pass over the vocabulary less per step)."""
+    for c in top:
+        if c.token_id == token:
+            return 1 + sum(other.logit > c.logit for other in top)
+    return int(rank_of(logits, torch.tensor(token)))
 
 
 def generate_many(lm: LanguageModel, prompt: str | Sequence[int], configs: Sequence[SamplingConfig],
@@ -123,7 +132,7 @@ def generate_many(lm: LanguageModel, prompt: str | Sequence[int], configs: Seque
                     text = decoders[i].decode(lm.tokenizer.token_bytes(tok), final=finished is not None)
                     out.append(Step(index=step, token_id=tok, text=text,
                                     prob=float(probs[i, tok]), raw_prob=float(raw_probs[i, tok]),
-                                    rank=int(rank_of(logits[i], chosen[i])),
+                                    rank=_rank(logits[i], tok, before),
                                     entropy=float(ent[i]), raw_entropy=float(raw_ent[i]),
                                     top_before=before, top_after=after, uniform=float(u[i]),
                                     prompt_tokens=len(ids), truncated=dropped, finished=finished))

@@ -287,6 +287,21 @@ def test_steps_match_probabilities(tiny):
     assert probs[first.token_id] > 0
 
 
+def test_step_ranks_are_rank_of_with_ties_and_beyond_the_top_n(tiny):
+    from core.generation import _candidates, _rank
+
+    logits = torch.tensor([1.0, 3.0, 3.0, 0.5, 2.0, 3.0, -1.0, 2.0])
+    probs = torch.softmax(logits, -1)
+    before, after = _candidates(tiny, logits, probs, probs.where(logits >= 2.0, 0.0), 4)
+    assert len(after) == 4 and all(c.prob > 0 for c in after)  # 5 tokens kept, 4 shown
+    for token in range(8):  # in the top 4 (a three-way tie at the top), at its edge (a tie), and far below
+        assert _rank(logits, token, before) == int(core.sampling.rank_of(logits, torch.tensor(token))), token
+    steps = list(core.generate(tiny, "Every effort", core.SamplingConfig(temperature=3.0, seed=1), 12, top_n=3))
+    full = [int(core.sampling.rank_of(tiny.next_token_logits(tiny.tokenizer.encode("Every effort")), torch.tensor(
+        steps[0].token_id)))]
+    assert steps[0].rank == full[0] and any(s.rank > 3 for s in steps)  # hot draws land past the top 3
+
+
 def test_long_prompt_keeps_last_tokens(tiny):
     ids = list(range(1000, 1300))  # 300 tokens > the tiny context of 256
     steps = list(core.generate(tiny, ids, GREEDY, 10))
