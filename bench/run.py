@@ -352,8 +352,8 @@ def bare_decode_ms(lm: core.LanguageModel, ctx: int, steps: int = 30, two: bool 
 
 @contextlib.contextmanager
 def torch_gemvs(model: torch.nn.Module) -> Iterator[None]:
-    """Decode GEMVs on torch's own BLAS (MKL, one core) instead of numpy's OpenBLAS: the kernel
-    comparison behind core/parallel.py."""
+    """Decode steps in torch alone: the torch forward with its own BLAS (MKL, one core) instead of
+    core.numpy_step on numpy's OpenBLAS, the comparison behind core/numpy_step.py and core/parallel.py."""
     model.prepare_for_inference(openblas=False)
     try:
         yield
@@ -370,7 +370,7 @@ def _busy(stop_at: float) -> None:
 
 def bench_threads(table: Table, lm: core.LanguageModel, label: str, threads: int) -> None:
     """Decode, idle and with a busy loop in another process: model-only steps on one core, on two
-    cores (core.parallel), and plain torch with 2 threads for everything; then core.generate with the
+    cores (core.parallel), and torch alone with 2 threads for everything; then core.generate with the
     governor deciding (auto) against one core, in ms per token."""
     ids = list(range(1000, 1100))
     for busy in (False, True):
@@ -383,7 +383,7 @@ def bench_threads(table: Table, lm: core.LanguageModel, label: str, threads: int
         try:
             for _ in range(2):
                 for name, n, two in (("one core", 1, False), ("two cores (core.parallel)", 1, True),
-                                     ("2 torch threads for every op, GEMVs on torch's MKL", 2, False)):
+                                     ("2 torch threads, torch alone (torch forward, MKL GEMVs)", 2, False)):
                     configure_threads(n)
                     with torch_gemvs(lm.model) if n > 1 else contextlib.nullcontext():
                         ms = statistics.median(bare_decode_ms(lm, 100, steps=15, two=two))
@@ -491,7 +491,7 @@ def main() -> None:
         log(f"{label}: bare decode and bandwidth share")
         for _ in range(args.repeats):
             for name, m, two, mkl in (("ours one core", lm, False, False), ("ours two cores", lm, True, False),
-                                       ("ours one core, GEMVs on torch's MKL", lm, False, True),
+                                       ("ours one core, torch alone (torch forward, MKL GEMVs)", lm, False, True),
                                        ("ours bf16 one core", lm_bf16, False, False)):
                 with torch_gemvs(m.model) if mkl else contextlib.nullcontext():
                     ms = statistics.median(bare_decode_ms(m, 5, two=two))
