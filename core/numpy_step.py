@@ -117,9 +117,25 @@ def attend(q: np.ndarray, k: np.ndarray, v: np.ndarray) -> np.ndarray:
     return np.matmul(s, v).reshape(-1)
 
 
-def _act(fn, x: np.ndarray, **kwargs: object) -> np.ndarray:
-    """A torch activation on a numpy array: one op in torch, four or more in numpy."""
-    return fn(torch.from_numpy(x), **kwargs).numpy()
+def silu_times(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
+    """SwiGLU's silu(gate) * up: gate / (1 + exp(-gate)) * up."""
+    h = np.negative(gate)
+    np.exp(h, out=h)
+    h += 1
+    np.divide(gate, h, out=h)
+    h *= up
+    return h
+
+
+def gelu(x: np.ndarray) -> np.ndarray:
+    """GPT-2's tanh GELU, through torch: one op there against about nine in numpy."""
+    return F.gelu(torch.from_numpy(x), approximate="tanh").numpy()
+
+
+def _plus(y: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """The residual y + x, into y (a GEMV's fresh output); x may be a view of the embedding table."""
+    y += x
+    return y
 
 
 def llama_step(a: DecoderArrays, cfg: LlamaConfig, token: int, pos: int, kv: KV,
@@ -133,11 +149,9 @@ def llama_step(a: DecoderArrays, cfg: LlamaConfig, token: int, pos: int, kv: KV,
         qk = rope(qkv[:(nh + nkv) * hd].reshape(nh + nkv, hd), cos, sin)  # q and k rotated together
         keys[:, pos] = qk[nh:]
         values[:, pos] = qkv[(nh + nkv) * hd:].reshape(nkv, hd)
-        x = x + w.o(attend(qk[:nh], keys[:, :pos + 1], values[:, :pos + 1]))
+        x = _plus(w.o(attend(qk[:nh], keys[:, :pos + 1], values[:, :pos + 1])), x)
         gate_up = w.gate_up(rms_norm(x, w.ffn_norm, eps))
-        h = _act(F.silu, gate_up[:hidden])
-        h *= gate_up[hidden:]
-        x = x + w.down(h)
+        x = _plus(w.down(silu_times(gate_up[:hidden], gate_up[hidden:])), x)
     return a.head(rms_norm(x, *a.final_norm, eps))
 
 
@@ -149,6 +163,6 @@ def gpt_step(a: DecoderArrays, cfg: GPTConfig, token: int, pos: int, kv: KV) -> 
         qkv = w.qkv(layer_norm(x, *w.norm1, eps))
         keys[:, pos] = qkv[d:2 * d].reshape(h, -1)
         values[:, pos] = qkv[2 * d:].reshape(h, -1)
-        x = x + w.out(attend(qkv[:d].reshape(h, -1), keys[:, :pos + 1], values[:, :pos + 1]))
-        x = x + w.fc_out(_act(F.gelu, w.fc_in(layer_norm(x, *w.norm2, eps)), approximate="tanh"))
+        x = _plus(w.out(attend(qkv[:d].reshape(h, -1), keys[:, :pos + 1], values[:, :pos + 1])), x)
+        x = _plus(w.fc_out(gelu(w.fc_in(layer_norm(x, *w.norm2, eps)))), x)
     return a.head(layer_norm(x, *a.final_norm, eps))

@@ -33,6 +33,15 @@ def test_norms_match_torch() -> None:
                           numpy_step.rms_norm(x.numpy()[::2].copy(), w.numpy()[:288], 1e-5))  # strided row
 
 
+def test_activations_match_torch() -> None:
+    gate, up = _rand(1536) * 4, _rand(1536, seed=1)
+    gate_np = gate.numpy().copy()
+    torch.testing.assert_close(torch.from_numpy(numpy_step.silu_times(gate_np, up.numpy())), F.silu(gate) * up,
+                               atol=1e-6, rtol=1e-5)
+    assert np.array_equal(gate_np, gate.numpy())  # input untouched
+    assert torch.equal(torch.from_numpy(numpy_step.gelu(gate.numpy())), F.gelu(gate, approximate="tanh"))
+
+
 def test_rope_is_apply_ropes_math_bit_for_bit() -> None:
     cos, sin = rope_tables(64, 10000.0, 100)
     x = _rand(12, 64)
