@@ -96,21 +96,15 @@ def rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
 def attend(q: np.ndarray, k: np.ndarray, v: np.ndarray) -> np.ndarray:
     """One query per head, q (H, hd), over every cached position, k and v (H_kv, T, hd); heads
     grouped as Llama's grouped-query attention groups them. Returns the heads' outputs, (H * hd,)."""
-    n_kv, t, hd = k.shape
-    group = q.shape[0] // n_kv
+    n_kv, _, hd = k.shape
     # small GEMMs: on one thread, whatever count the last GEMV left (bits must not depend on it)
     BLAS.threads(1)
-    if group == 1:
-        s = np.matmul(q[:, None], k.transpose(0, 2, 1))  # (H, 1, T)
-    else:
-        # keys times the group's queries, (T, hd) @ (hd, group): OpenBLAS runs this one 1.8x faster
-        # than queries times transposed keys (batched np.matmul), measured at 500 keys
-        qg = q.reshape(n_kv, group, hd)
-        s = np.empty((n_kv, t, group), np.float32)
-        for h in range(n_kv):
-            np.dot(k[h], qg[h].T, out=s[h])
-        s = np.ascontiguousarray(s.transpose(0, 2, 1))  # (H_kv, group, T)
-    s *= np.float32(1.0 / math.sqrt(hd))
+    # keys times each group's queries, (T, hd) @ (hd, group), in one batched call: OpenBLAS ran this
+    # 2x faster than queries times transposed keys for SmolLM2's groups of 3 at 500 keys
+    # (H_kv, hd, group), a fresh array; scaled before the product: hd numbers per head, not T
+    queries = np.multiply(q.reshape(n_kv, -1, hd).transpose(0, 2, 1), np.float32(1.0 / math.sqrt(hd)),
+                          out=np.empty((n_kv, hd, q.shape[0] // n_kv), np.float32))
+    s = np.ascontiguousarray(np.matmul(k, queries).transpose(0, 2, 1))          # (H_kv, group, T)
     s -= s.max(-1, keepdims=True)
     np.exp(s, out=s)
     s /= s.sum(-1, keepdims=True)

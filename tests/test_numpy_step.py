@@ -54,6 +54,7 @@ def test_rope_is_apply_ropes_math_bit_for_bit() -> None:
 def test_attend_matches_sdpa(heads: int, kv_heads: int) -> None:
     q, k, v = _rand(heads, 64), _rand(kv_heads, 300, 64, seed=1), _rand(kv_heads, 300, 64, seed=2)
     ours = numpy_step.attend(q.numpy(), k.numpy()[:, :250], v.numpy()[:, :250])  # strided: a cache's prefix
+    assert torch.equal(q, _rand(heads, 64))  # input untouched
     expected = F.scaled_dot_product_attention(q.view(1, heads, 1, 64), k[None, :, :250], v[None, :, :250],
                                               enable_gqa=heads != kv_heads).reshape(-1)
     torch.testing.assert_close(torch.from_numpy(ours), expected, atol=1e-5, rtol=1e-5)
