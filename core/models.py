@@ -67,14 +67,15 @@ class Proj:
     def __call__(self, x: Tensor) -> Tensor:
         return linear(x, self.weight, self.bias, self.gemv)
 
-    def row(self) -> RowProj | None:
+    def row_proj(self) -> RowProj | None:
         """The numpy side for core.numpy_step; None without an OpenBLAS view."""
         if self.gemv is None:
             return None
         return RowProj(self.gemv, self.weight.shape[0], None if self.bias is None else self.bias.detach().numpy())
 
 
-def _arrays(t: Tensor) -> np.ndarray:
+def _numpy(t: Tensor) -> np.ndarray:
+    """numpy's view of a CPU tensor's memory (no copy)."""
     return t.detach().numpy()
 
 
@@ -83,7 +84,8 @@ def _after_load(module: nn.Module, incompatible_keys: object) -> None:
 
 
 class KVCache:
-    """Preallocated keys/values for one request: (B, n_kv_heads, max_len, head_dim) per layer."""
+    """Preallocated keys/values for one request: (B, n_kv_heads, max_len, head_dim) per layer;
+    torch's forward and core.numpy_step (through `arrays`) read and write the same memory."""
 
     def __init__(self, n_layers: int, batch: int, n_kv_heads: int, max_len: int, head_dim: int,
                  dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> None:
@@ -150,6 +152,8 @@ class _Decoder(nn.Module):
     `prepare_for_inference`, through pure functions (`gpt_block`, `llama_block`): a SmolLM2 decode
     step has ~200 modules' worth of small ops, and nn.Module.__call__ with its attribute lookups
     added about 3 ms to it. The modules hold the parameters and name them in the state dict.
+    A one-token step for a batch of one runs `_numpy_step` instead (core/numpy_step.py), on numpy
+    views of the same weights (`arrays`) and of the request's cache.
     """
 
     cfg: GPTConfig | LlamaConfig
@@ -197,13 +201,13 @@ class _Decoder(nn.Module):
 
     def _gather_arrays(self) -> DecoderArrays | None:
         """numpy views of every weight for core.numpy_step; None unless every product has OpenBLAS."""
-        head = self.head.row()
+        head = self.head.row_proj()
         blocks = tuple(self._block_arrays(layer) for layer in self.layers)
         if head is None or None in blocks:
             return None
         pos_emb = getattr(self, "pos_emb", None)
-        return DecoderArrays(_arrays(self.tok_emb.weight), None if pos_emb is None else _arrays(pos_emb.weight),
-                             blocks, tuple(_arrays(t) for t in self.final_norm.parameters()), head)
+        return DecoderArrays(_numpy(self.tok_emb.weight), None if pos_emb is None else _numpy(pos_emb.weight),
+                             blocks, tuple(_numpy(t) for t in self.final_norm.parameters()), head)
 
     def _block_arrays(self, layer: GPTLayer | LlamaLayer) -> GPTBlockArrays | LlamaBlockArrays | None:
         raise NotImplementedError
@@ -314,11 +318,11 @@ class GPTModel(_Decoder):
         self.blocks = nn.ModuleList(GPTBlock(cfg) for _ in range(cfg.n_layers))
 
     def _block_arrays(self, layer: GPTLayer) -> GPTBlockArrays | None:
-        projs = [p.row() for p in (layer.qkv, layer.out, layer.fc_in, layer.fc_out)]
+        projs = [p.row_proj() for p in (layer.qkv, layer.out, layer.fc_in, layer.fc_out)]
         if None in projs:
             return None
         qkv, out, fc_in, fc_out = projs
-        norm1, norm2 = (tuple(_arrays(t) for t in norm) for norm in (layer.norm1, layer.norm2))
+        norm1, norm2 = (tuple(_numpy(t) for t in norm) for norm in (layer.norm1, layer.norm2))
         return GPTBlockArrays(norm1, qkv, out, norm2, fc_in, fc_out)
 
     def _numpy_step(self, token: int, pos: int, kv: KV) -> np.ndarray:
@@ -462,11 +466,11 @@ class LlamaModel(_Decoder):
         self.blocks = nn.ModuleList(LlamaBlock(cfg) for _ in range(cfg.n_layers))
 
     def _block_arrays(self, layer: LlamaLayer) -> LlamaBlockArrays | None:
-        projs = [p.row() for p in (layer.qkv, layer.o, layer.gate_up, layer.down)]
+        projs = [p.row_proj() for p in (layer.qkv, layer.o, layer.gate_up, layer.down)]
         if None in projs:
             return None
         qkv, o, gate_up, down = projs
-        return LlamaBlockArrays(_arrays(layer.attn_norm), qkv, o, _arrays(layer.ffn_norm), gate_up, down)
+        return LlamaBlockArrays(_numpy(layer.attn_norm), qkv, o, _numpy(layer.ffn_norm), gate_up, down)
 
     def _numpy_step(self, token: int, pos: int, kv: KV) -> np.ndarray:
         cos, sin = rope_tables(self.cfg.head_dim, self.cfg.rope_base, self.cfg.context_length)

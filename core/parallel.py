@@ -3,14 +3,15 @@
 A one-token decode step is a chain of matrix-vector products (GEMVs) bound by memory bandwidth.
 Torch's BLAS (MKL) runs each on one core and, on this project's AMD CPU, streams weights at about
 14 GB/s; the OpenBLAS that ships inside numpy's wheel streams them at about 18 GB/s on one core, and
-splits one GEMV across two cores (bench/RESULTS.md). So one-row `linear` calls go to OpenBLAS
-through numpy, on zero-copy views of the weights: one thread, or two inside `two_way(True)`. Both
-threads compute every output as the same dot product in the same order, so the logits do not change
-by a single bit; `prepare` checks that once per weight shape, and keeps a shape whose split would
-round differently on one thread. Where numpy's BLAS is not OpenBLAS, or its
-thread count can't be set, `prepare` returns None and torch runs the GEMV on one core.
+splits one GEMV across two cores (bench/RESULTS.md). So one-row products (`linear` in torch's
+forward, `row_product` in core.numpy_step) go to OpenBLAS through numpy, on zero-copy views of the
+weights: one thread, or two inside `two_way(True)`. Both threads compute every output as the same
+dot product in the same order, so the logits do not change by a single bit; `prepare` checks that
+once per weight shape, and keeps a shape whose split would round differently on one thread. Where
+numpy's BLAS is not OpenBLAS, or its thread count can't be set, `prepare` returns None and torch
+runs the GEMV on one core.
 
-OpenBLAS's thread count is process-wide, so `linear` sets the count it needs before each call.
+OpenBLAS's thread count is process-wide, so `row_product` sets the count it needs before each call.
 
 Both cores only pay off while the second one is free: with another process on it, threads that
 wait for each other make a step about 2x slower. `CoreGovernor` watches the machine and allows the
