@@ -217,9 +217,10 @@ class _Decoder(nn.Module):
 
     def _one_token(self, idx: Tensor, cache: KVCache | None) -> Tensor | None:
         """A batch-of-one decode step through core.numpy_step, or None where it does not apply
-        (prompts, batches, gradients, and models without `arrays`): the torch forward runs then."""
+        (prompts, batches, gradients, models without `arrays`, a full or non-float32 cache): the
+        torch forward runs then, and raises where it must."""
         if (self.arrays is None or cache is None or idx.shape != (1, 1) or cache.batch != 1
-                or torch.is_grad_enabled()):
+                or torch.is_grad_enabled() or cache.pos >= cache.max_len or cache.k[0].dtype != torch.float32):
             return None
         logits = self._numpy_step(idx.item(), cache.pos, cache.arrays())
         cache.pos += 1

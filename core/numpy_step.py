@@ -6,7 +6,7 @@ of weights): about a quarter of a SmolLM2 step. numpy runs the same small ops fo
 that. The GEMVs are core.parallel's (OpenBLAS, one core or two), and the KV cache is the request's
 own (numpy views of its tensors), so a prefill in torch and the steps after it share one cache.
 The same bits on one core or two; float32 rounding aside, the same logits as the torch forward
-(tests/test_exactness.py compares them). The models build these arrays only for float32 weights
+(tests/test_numpy_step.py compares them). The models build these arrays only for float32 weights
 on the CPU where numpy has OpenBLAS; otherwise their torch forward runs every step.
 """
 from __future__ import annotations
@@ -99,9 +99,9 @@ def attend(q: np.ndarray, k: np.ndarray, v: np.ndarray) -> np.ndarray:
     n_kv, _, hd = k.shape
     # small GEMMs: on one thread, whatever count the last GEMV left (bits must not depend on it)
     BLAS.threads(1)
-    # keys times each group's queries, (T, hd) @ (hd, group), in one batched call: OpenBLAS ran this
-    # 2x faster than queries times transposed keys for SmolLM2's groups of 3 at 500 keys
-    # (H_kv, hd, group), a fresh array; scaled before the product: hd numbers per head, not T
+    # keys times each group's queries, (T, hd) @ (hd, group), batched: OpenBLAS ran this 2x faster
+    # than queries times transposed keys for SmolLM2's groups of 3 at 500 keys. The queries are
+    # scaled first (hd numbers per head, not T), into a fresh (H_kv, hd, group) array.
     queries = np.multiply(q.reshape(n_kv, -1, hd).transpose(0, 2, 1), np.float32(1.0 / math.sqrt(hd)),
                           out=np.empty((n_kv, hd, q.shape[0] // n_kv), np.float32))
     s = np.ascontiguousarray(np.matmul(k, queries).transpose(0, 2, 1))          # (H_kv, group, T)

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 import core
 from core import numpy_step
-from core.models import apply_rope, rms_norm, rope_tables
+from core.models import KVCache, apply_rope, rms_norm, rope_tables
 from core.parallel import BLAS
 from core.weights import load_checked, random_state
 
@@ -121,6 +121,14 @@ def test_numpy_step_only_where_it_applies(monkeypatch: pytest.MonkeyPatch) -> No
     assert len(calls) == 2
     m(token, m.new_cache(1, 8))                   # gradients on: torch, which can track them
     assert len(calls) == 2
+    with torch.inference_mode():
+        full = m.new_cache(1, 1)
+        m(token, full)
+        with pytest.raises(ValueError, match="KV cache overflow: 2 tokens > max_len 1"):
+            m(token, full)                        # the same message as torch's forward gives
+        with pytest.raises(RuntimeError, match="same dtype"):  # torch's message, not numpy's
+            m(token, KVCache(cfg.n_layers, 1, cfg.n_kv_heads, 8, cfg.head_dim, dtype=torch.float64))
+    assert len(calls) == 3
     m.prepare_for_inference(openblas=False)       # torch's GEMVs asked for: no numpy step
     assert m.arrays is None
     m.prepare_for_inference()
