@@ -232,8 +232,8 @@ class CoreGovernor:
     within `recent_s` (or is reading its prompt), and other processes left two cores free (on 2
     cores: they used less than `busy_cores` of a core), measured from /proc over the last
     `window_s`..2x`window_s` (off Linux the answer is no). A request's first window is its prompt's
-    forward pass, measured from `begin`; a step before `window_s` has passed runs on one core. $SAMPLING_LAB_TWO_CORES = on / off overrides the machine
-    check; the default is auto.
+    forward pass, measured from `begin`; a step before `window_s` has passed runs on one core.
+    $SAMPLING_LAB_TWO_CORES = on / off overrides the machine check; the default is auto.
     """
 
     def __init__(self, window_s: float = 0.1, busy_cores: float = 0.25, recent_s: float = 0.5,
