@@ -11,7 +11,7 @@ from torch import Tensor
 from .loading import LanguageModel
 from .models import KVCache
 from .parallel import GOVERNOR, two_way
-from .sampling import SamplingConfig, draw_uniform, entropy, make_generator, probabilities, rank_of, sample
+from .sampling import SamplingConfig, argmax, draw_uniform, entropy, make_generator, probabilities, rank_of, sample
 
 
 @dataclass(frozen=True)
@@ -66,6 +66,12 @@ def _candidates(lm: LanguageModel, logits: Tensor, raw_probs: Tensor, probs: Ten
 
     n = min(n, logits.shape[-1])
     before = build(torch.topk(logits, n).indices)
+    # The filters keep every token above some logit (and maybe some tied at it), and the kept ones'
+    # probabilities rise with their logits. So the filtered top-n is the kept part of `before` when
+    # all n are kept, or when no token outside them is; only a tie cut at the edge needs a topk.
+    kept = tuple(c for c in before if c.prob > 0)
+    if len(kept) == n or int(torch.count_nonzero(probs)) == len(kept):
+        return before, kept
     top = torch.topk(probs, n)
     return before, build(top.indices[top.values > 0])  # tokens the filters removed are not candidates
 
@@ -116,7 +122,7 @@ def generate_many(lm: LanguageModel, prompt: str | Sequence[int], configs: Seque
                 raw_probs = torch.softmax(logits, dim=-1)
                 probs = torch.stack([probabilities(logits[i], c) for i, c in enumerate(configs)])
                 # a greedy row is one token at probability 1, which every draw picks: skip the draw
-                chosen = probs.argmax(-1) if greedy else sample(probs, uniform=u)
+                chosen = argmax(probs) if greedy else sample(probs, uniform=u)
                 raw_ent, ent = entropy(raw_probs), entropy(probs)
                 out: list[Step | None] = []
                 for i in range(b):

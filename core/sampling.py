@@ -13,6 +13,7 @@ import numbers
 import os
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -98,6 +99,22 @@ PRESETS: dict[str, SamplingConfig] = {
 }
 
 
+def _numpy_view(x: Tensor) -> np.ndarray | None:
+    """numpy's view of a float CPU tensor (no copy), or None where numpy can't see it."""
+    if x.device.type != "cpu" or x.requires_grad or x.dtype not in (torch.float32, torch.float64):
+        return None
+    return x.numpy()
+
+
+def argmax(x: Tensor) -> Tensor:
+    """Index of the first largest value along the last dimension (int64), as x.argmax(-1)."""
+    a = _numpy_view(x)
+    if a is None or a.ndim == 0:
+        return x.argmax(dim=-1)
+    # numpy's argmax is vectorised: ~3 us over 49k floats against ~40 for torch's
+    return torch.from_numpy(np.asarray(a.argmax(axis=-1), dtype=np.int64))
+
+
 def make_generator(seed: int | None) -> torch.Generator:
     """A fresh CPU generator for one request; seed None draws a seed from os.urandom."""
     _check_seed(seed)
@@ -117,7 +134,7 @@ def apply_temperature(logits: Tensor, temperature: float) -> Tensor:
     x = logits.float()
     if temperature == 0:
         # Explicit greedy branch: dividing by a tiny epsilon would overflow or tie-break by noise.
-        top = x.argmax(dim=-1, keepdim=True)
+        top = argmax(x).unsqueeze(-1)
         return torch.full_like(x, NEG_INF).scatter(-1, top, 0.0)
     if temperature == 1:
         return x
@@ -381,7 +398,16 @@ def entropy(probs: Tensor) -> Tensor:
     p = probs.float()
     # log(0) takes a slow path (0.5 ms over 50k zeros, a greedy step's distribution) and xlogy is
     # slow on dense rows: the clamp keeps every log finite, and p = 0 still adds exactly 0
-    return (p * p.clamp_min(_TINY).log().neg()).sum(dim=-1) / math.log(2)
+    a = _numpy_view(p)
+    if a is None or a.ndim == 0:
+        return (p * p.clamp_min(_TINY).log().neg()).sum(dim=-1) / math.log(2)
+    # the same sum in numpy, whose vectorised log makes it ~1.5x faster (two per generated token)
+    t = np.maximum(a, np.float32(_TINY))
+    np.log(t, out=t)
+    t *= a
+    bits = np.add.reduce(t, axis=-1, keepdims=True)
+    bits *= np.float32(-1 / math.log(2))
+    return torch.from_numpy(bits).squeeze(-1)
 
 
 def rank_of(logits: Tensor, token_ids: Tensor) -> Tensor:

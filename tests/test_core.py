@@ -302,6 +302,38 @@ def test_step_ranks_are_rank_of_with_ties_and_beyond_the_top_n(tiny):
     assert steps[0].rank == full[0] and any(s.rank > 3 for s in steps)  # hot draws land past the top 3
 
 
+def test_filtered_candidates_are_the_top_n_of_the_filtered_distribution(smollm2):
+    """The filtered top-n is read off the raw top-n where that is the same answer: checked against
+    topk over the filtered probabilities for every kind of filter, and for a tie cut at the edge."""
+    from core.generation import _candidates
+
+    def by_topk(probs: torch.Tensor, n: int) -> list[tuple[int, float]]:
+        top = torch.topk(probs, n)
+        return [(int(i), float(v)) for i, v in zip(top.indices, top.values) if v > 0]
+
+    logits = smollm2.next_token_logits(smollm2.tokenizer.encode("Every effort moves you"))
+    raw = torch.softmax(logits, -1)
+    configs = [core.SamplingConfig(temperature=t) for t in (0, 0.5, 1, 2)] + \
+        [core.SamplingConfig(top_k=k) for k in (1, 3, 10, 11, 500)] + \
+        [core.SamplingConfig(top_p=p) for p in (0.3, 0.9)] + [core.SamplingConfig(min_p=m) for m in (0.05, 0.5)] + \
+        [core.SamplingConfig(temperature=1.5, top_k=40, top_p=0.95, min_p=0.02)]
+    for cfg in configs:
+        probs = core.probabilities(logits, cfg)
+        _, after = _candidates(smollm2, logits, raw, probs, 10)
+        assert [(c.token_id, c.prob) for c in after] == by_topk(probs, 10), cfg
+        assert all(c.raw_prob == float(raw[c.token_id]) and c.logit == float(logits[c.token_id]) for c in after)
+    # top-k keeps the lower id of a tie at its edge; topk over the logits may list the other one
+    tied = torch.tensor([5.0, 4.0, 3.0, 3.0, 3.0, 1.0])
+    for k in (3, 4):
+        probs = core.probabilities(tied, core.SamplingConfig(top_k=k))
+        for n in (2, 3, 4, 6):
+            _, after = _candidates(smollm2, tied, torch.softmax(tied, -1), probs, n)
+            kept = [i for i in range(6) if probs[i] > 0]
+            # ties in probability may list either token, as topk may; removed ones never
+            assert [c.prob for c in after] == [float(probs[i]) for i in kept][:n], (k, n)
+            assert {c.token_id for c in after} <= set(kept) and len({c.token_id for c in after}) == len(after)
+
+
 def test_long_prompt_keeps_last_tokens(tiny):
     ids = list(range(1000, 1300))  # 300 tokens > the tiny context of 256
     steps = list(core.generate(tiny, ids, GREEDY, 10))

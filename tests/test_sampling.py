@@ -11,6 +11,7 @@ from core.sampling import (
     SamplingConfig,
     apply_min_p,
     apply_temperature,
+    argmax,
     apply_top_k,
     apply_top_p,
     draw_uniform,
@@ -505,6 +506,32 @@ def test_entropy_in_bits():
                          torch.tensor([0.5, 0.5] + [0.0] * 6)])
     assert entropy(probs).tolist() == pytest.approx([3.0, 0.0, 1.0], abs=1e-6)
     assert not entropy(probs).isnan().any()
+
+
+def test_entropy_matches_the_formula_on_any_shape():
+    gen = torch.Generator().manual_seed(0)
+    probs = torch.softmax(torch.randn(3, 50257, generator=gen) * 4, -1)
+    probs[1, 100:] = 0  # zeros add exactly nothing
+    probs[1] /= probs[1].sum()
+    exact = -(probs.double() * probs.double().clamp_min(1e-300).log()).sum(-1) / math.log(2)
+    assert entropy(probs).dtype == torch.float32 and entropy(probs).shape == (3,)
+    assert entropy(probs).double().tolist() == pytest.approx(exact.tolist(), rel=1e-5)
+    assert entropy(probs[2]).shape == () and float(entropy(probs[2])) == pytest.approx(float(exact[2]), rel=1e-5)
+    assert entropy(probs.double()).tolist() == pytest.approx(exact.tolist(), rel=1e-5)
+    assert entropy(probs.bfloat16()).tolist() == pytest.approx(exact.tolist(), rel=1e-2)  # torch's own path
+    grad = probs[0].clone().requires_grad_()
+    entropy(grad).backward()  # a tensor that needs gradients keeps torch's path
+    assert grad.grad is not None and float(entropy(grad).detach()) == pytest.approx(float(exact[0]), rel=1e-5)
+
+
+def test_argmax_is_torch_argmax_with_ties_to_the_first():
+    x = torch.tensor([[1.0, 3.0, 3.0, 0.0], [2.0, 2.0, 2.0, 2.0], [0.0, -1.0, 5.0, 5.0]])
+    assert argmax(x).tolist() == x.argmax(-1).tolist() == [1, 0, 2]
+    assert argmax(x[2]).dtype == torch.int64 and int(argmax(x[2])) == 2 and argmax(x[2]).shape == ()
+    assert argmax(x.t()).tolist() == x.t().argmax(-1).tolist()  # a strided view
+    assert argmax(x.bfloat16()).tolist() == [1, 0, 2] and argmax(x.requires_grad_()).tolist() == [1, 0, 2]
+    greedy = apply_temperature(x.detach(), 0)
+    assert (greedy == 0).nonzero().tolist() == [[0, 1], [1, 0], [2, 2]]
 
 
 def test_rank_of():
