@@ -10,7 +10,7 @@ from torch import Tensor
 
 from .loading import LanguageModel
 from .models import KVCache
-from .parallel import GOVERNOR, two_way
+from .parallel import GOVERNOR, one_torch_thread, two_way
 from .sampling import SamplingConfig, argmax, draw_uniform, entropy, make_generator, probabilities, rank_of, sample
 
 
@@ -116,38 +116,40 @@ def generate_many(lm: LanguageModel, prompt: str | Sequence[int], configs: Seque
                 cache = cache.repeat_batch(b)
                 logits = logits.expand(b, -1)
             for step in range(max_new):
-                if not use_cache:  # the tutorial's loop: re-read the whole sequence every token
-                    logits = lm.model(torch.tensor(seqs), last_only=True)[:, -1].float()
-                u = draw_uniform(gen, 1).expand(b)  # drawn every step, so greedy columns never shift the others
-                raw_probs = torch.softmax(logits, dim=-1)
-                probs = torch.stack([probabilities(logits[i], c) for i, c in enumerate(configs)])
-                # a greedy row is one token at probability 1, which every draw picks: skip the draw
-                chosen = argmax(probs) if greedy else sample(probs, uniform=u)
-                raw_ent, ent = entropy(raw_probs), entropy(probs)
-                out: list[Step | None] = []
-                for i in range(b):
-                    tok = int(chosen[i])
-                    seqs[i].append(tok)  # finished columns too, so the batch stays rectangular
-                    if done[i]:
-                        out.append(None)
-                        continue
-                    finished = "eos" if (stop_at_eos and tok in lm.tokenizer.eos_ids) else (
-                        "length" if step == max_new - 1 else None)
-                    done[i] = finished is not None
-                    before, after = _candidates(lm, logits[i], raw_probs[i], probs[i], top_n)
-                    text = decoders[i].decode(lm.tokenizer.token_bytes(tok), final=finished is not None)
-                    out.append(Step(index=step, token_id=tok, text=text,
-                                    prob=float(probs[i, tok]), raw_prob=float(raw_probs[i, tok]),
-                                    rank=_rank(logits[i], tok, before),
-                                    entropy=float(ent[i]), raw_entropy=float(raw_ent[i]),
-                                    top_before=before, top_after=after, uniform=float(u[i]),
-                                    prompt_tokens=len(ids), truncated=dropped, finished=finished))
+                with one_torch_thread():  # not while yielding: the caller's own code keeps its threads
+                    if not use_cache:  # the tutorial's loop: re-read the whole sequence every token
+                        logits = lm.model(torch.tensor(seqs), last_only=True)[:, -1].float()
+                    elif step:
+                        with two_way(GOVERNOR.allow(request) and b == 1):  # same bits on one core or two
+                            logits = lm.model(chosen.view(b, 1), cache, last_only=True)[:, -1].float()
+                    # drawn every step, so greedy columns never shift the others
+                    u = draw_uniform(gen, 1).expand(b)
+                    raw_probs = torch.softmax(logits, dim=-1)
+                    probs = torch.stack([probabilities(logits[i], c) for i, c in enumerate(configs)])
+                    # a greedy row is one token at probability 1, which every draw picks: skip the draw
+                    chosen = argmax(probs) if greedy else sample(probs, uniform=u)
+                    raw_ent, ent = entropy(raw_probs), entropy(probs)
+                    out: list[Step | None] = []
+                    for i in range(b):
+                        tok = int(chosen[i])
+                        seqs[i].append(tok)  # finished columns too, so the batch stays rectangular
+                        if done[i]:
+                            out.append(None)
+                            continue
+                        finished = "eos" if (stop_at_eos and tok in lm.tokenizer.eos_ids) else (
+                            "length" if step == max_new - 1 else None)
+                        done[i] = finished is not None
+                        before, after = _candidates(lm, logits[i], raw_probs[i], probs[i], top_n)
+                        text = decoders[i].decode(lm.tokenizer.token_bytes(tok), final=finished is not None)
+                        out.append(Step(index=step, token_id=tok, text=text,
+                                        prob=float(probs[i, tok]), raw_prob=float(raw_probs[i, tok]),
+                                        rank=_rank(logits[i], tok, before),
+                                        entropy=float(ent[i]), raw_entropy=float(raw_ent[i]),
+                                        top_before=before, top_after=after, uniform=float(u[i]),
+                                        prompt_tokens=len(ids), truncated=dropped, finished=finished))
                 yield out
                 if all(done):
                     return
-                if use_cache:
-                    with two_way(GOVERNOR.allow(request) and b == 1):  # same bits on one core or two
-                        logits = lm.model(chosen.view(b, 1), cache, last_only=True)[:, -1].float()
     finally:
         GOVERNOR.finish(request)
 

@@ -197,6 +197,26 @@ def two_way(enabled: bool = True) -> Iterator[None]:
         _two_way.reset(token)
 
 
+@contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """Within this block, torch's intra-op threads are held at one (process-wide; put back after).
+
+    A decode step's torch ops (softmax, filters, topk over the vocabulary) gain nothing from a
+    second thread, and the OpenMP worker that spins after each of them takes the core the next
+    step's second OpenBLAS thread needs. With torch on its default two threads (a notebook that
+    never calls core.runtime.configure_threads), a SmolLM2 token took 31-36 ms against 22 ms.
+    """
+    before = torch.get_num_threads()
+    if before == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 # ---------------------------------------------------------------- when to use both cores
 
 def cpu_times() -> list[int] | None:
