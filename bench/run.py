@@ -371,7 +371,7 @@ def _busy(stop_at: float) -> None:
 def bench_threads(table: Table, lm: core.LanguageModel, label: str, threads: int) -> None:
     """Decode, idle and with a busy loop in another process: model-only steps on one core, on two
     cores (core.parallel), and torch alone with 2 threads for everything; then core.generate with the
-    governor deciding (auto) against one core, in ms per token."""
+    governor deciding (auto) against one core, and auto with torch's threads left at 2, in ms per token."""
     ids = list(range(1000, 1100))
     for busy in (False, True):
         proc = None
@@ -388,8 +388,10 @@ def bench_threads(table: Table, lm: core.LanguageModel, label: str, threads: int
                     with torch_gemvs(lm.model) if n > 1 else contextlib.nullcontext():
                         ms = statistics.median(bare_decode_ms(lm, 100, steps=15, two=two))
                     table.add("threads", f"{label} decode step, {name}, {load}", "ms", ms)
-                configure_threads(threads)
-                for name, mode in (("one core", "off"), ("auto (governor)", "auto")):
+                # the last: a notebook that never calls configure_threads, torch on its default count
+                for name, mode, n in (("one core", "off", threads), ("auto (governor)", "auto", threads),
+                                      ("auto (governor), torch left at 2 threads", "auto", 2)):
+                    configure_threads(n)
                     _, tps = run_ours(lm, ids, mode)
                     table.add("threads", f"{label} core.generate, {name}, {load}", "ms/token", 1e3 / tps)
         finally:
