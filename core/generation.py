@@ -120,7 +120,7 @@ def generate_many(lm: LanguageModel, prompt: str | Sequence[int], configs: Seque
                     if not use_cache:  # the tutorial's loop: re-read the whole sequence every token
                         logits = lm.model(torch.tensor(seqs), last_only=True)[:, -1].float()
                     elif step:
-                        with two_way(GOVERNOR.allow(request) and b == 1):  # same bits on one core or two
+                        with two_way(GOVERNOR.allow(request)):  # same bits on one core or two
                             logits = lm.model(chosen.view(b, 1), cache, last_only=True)[:, -1].float()
                     # drawn every step, so greedy columns never shift the others
                     u = draw_uniform(gen, 1).expand(b)

@@ -101,9 +101,9 @@ class KVCache:
         return self.k[0].shape[0]
 
     def arrays(self) -> KV:
-        """Row 0's keys and values as numpy views (n_kv_heads, max_len, head_dim), for core.numpy_step."""
+        """The keys and values as numpy views (batch, n_kv_heads, max_len, head_dim), for core.numpy_step."""
         if self._arrays is None:
-            self._arrays = [(k[0].numpy(), v[0].numpy()) for k, v in zip(self.k, self.v)]
+            self._arrays = [(k.numpy(), v.numpy()) for k, v in zip(self.k, self.v)]
         return self._arrays
 
     def repeat_batch(self, batch: int) -> "KVCache":
@@ -152,7 +152,7 @@ class _Decoder(nn.Module):
     `prepare_for_inference`, through pure functions (`gpt_block`, `llama_block`): a SmolLM2 decode
     step has ~200 modules' worth of small ops, and nn.Module.__call__ with its attribute lookups
     added about 3 ms to it. The modules hold the parameters and name them in the state dict.
-    A one-token step for a batch of one runs `_numpy_step` instead (core/numpy_step.py), on numpy
+    A one-token step (one token per cache row) runs `_numpy_step` instead (core/numpy_step.py), on numpy
     views of the same weights (`arrays`) and of the request's cache.
     """
 
@@ -212,19 +212,19 @@ class _Decoder(nn.Module):
     def _block_arrays(self, layer: GPTLayer | LlamaLayer) -> GPTBlockArrays | LlamaBlockArrays | None:
         raise NotImplementedError
 
-    def _numpy_step(self, token: int, pos: int, kv: KV) -> np.ndarray:
+    def _numpy_step(self, tokens: np.ndarray, pos: int, kv: KV) -> np.ndarray:
         raise NotImplementedError
 
     def _one_token(self, idx: Tensor, cache: KVCache | None) -> Tensor | None:
-        """A batch-of-one decode step through core.numpy_step, or None where it does not apply
-        (prompts, batches, gradients, models without `arrays`, a full or non-float32 cache): the
-        torch forward runs then, and raises where it must."""
-        if (self.arrays is None or cache is None or idx.shape != (1, 1) or cache.batch != 1
-                or torch.is_grad_enabled() or cache.pos >= cache.max_len or cache.k[0].dtype != torch.float32):
+        """A one-token decode step (one token per cache row) through core.numpy_step, or None where it
+        does not apply (prompts, gradients, models without `arrays`, a full or non-float32 cache, a
+        batch that is not the cache's): the torch forward runs then, and raises where it must."""
+        if (self.arrays is None or cache is None or idx.shape != (cache.batch, 1) or torch.is_grad_enabled()
+                or cache.pos >= cache.max_len or cache.k[0].dtype != torch.float32):
             return None
-        logits = self._numpy_step(idx.item(), cache.pos, cache.arrays())
+        logits = self._numpy_step(idx[:, 0].numpy(), cache.pos, cache.arrays())
         cache.pos += 1
-        return torch.from_numpy(logits).view(1, 1, -1)
+        return torch.from_numpy(logits).view(cache.batch, 1, -1)
 
     def new_cache(self, batch: int, max_len: int) -> KVCache:
         c = self.cfg
@@ -326,8 +326,8 @@ class GPTModel(_Decoder):
         norm1, norm2 = (tuple(_numpy(t) for t in norm) for norm in (layer.norm1, layer.norm2))
         return GPTBlockArrays(norm1, qkv, out, norm2, fc_in, fc_out)
 
-    def _numpy_step(self, token: int, pos: int, kv: KV) -> np.ndarray:
-        return gpt_step(self.arrays, self.cfg, token, pos, kv)
+    def _numpy_step(self, tokens: np.ndarray, pos: int, kv: KV) -> np.ndarray:
+        return gpt_step(self.arrays, self.cfg, tokens, pos, kv)
 
     def forward(self, idx: Tensor, cache: KVCache | None = None, last_only: bool = False) -> Tensor:
         """idx (B, T) -> logits (B, T, V), or (B, 1, V) with last_only."""
@@ -473,9 +473,9 @@ class LlamaModel(_Decoder):
         qkv, o, gate_up, down = projs
         return LlamaBlockArrays(_numpy(layer.attn_norm), qkv, o, _numpy(layer.ffn_norm), gate_up, down)
 
-    def _numpy_step(self, token: int, pos: int, kv: KV) -> np.ndarray:
+    def _numpy_step(self, tokens: np.ndarray, pos: int, kv: KV) -> np.ndarray:
         cos, sin = rope_tables(self.cfg.head_dim, self.cfg.rope_base, self.cfg.context_length)
-        return llama_step(self.arrays, self.cfg, token, pos, kv, cos.numpy()[pos], sin.numpy()[pos].reshape(2, -1))
+        return llama_step(self.arrays, self.cfg, tokens, pos, kv, cos.numpy()[pos], sin.numpy()[pos].reshape(2, -1))
 
     def forward(self, idx: Tensor, cache: KVCache | None = None, last_only: bool = False) -> Tensor:
         """idx (B, T) -> logits (B, T, V), or (B, 1, V) with last_only."""

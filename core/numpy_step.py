@@ -1,4 +1,4 @@
-"""The one-token decode step for a batch of one, in numpy: the path every generated token takes.
+"""The one-token decode step in numpy, for one cache row or several: the path every generated token takes.
 
 A decode step is four GEMVs per block and about twenty small ops around them. In a real step each
 small torch op cost 5-20 us (dispatch, and caches the GEMVs had just flushed by streaming megabytes
@@ -6,12 +6,15 @@ of weights): about a quarter of a SmolLM2 step. numpy runs the same small ops fo
 that. The GEMVs are core.parallel's (OpenBLAS, one core or two), and the KV cache is the request's
 own (numpy views of its tensors), so a prefill in torch and the steps after it share one cache.
 The same bits on one core or two; float32 rounding aside, the same logits as the torch forward
-(tests/test_numpy_step.py compares them). The models build these arrays only for float32 weights
-on the CPU where numpy has OpenBLAS; otherwise their torch forward runs every step.
+(tests/test_numpy_step.py compares them). Several rows (the side-by-side page's columns) step
+together, each with the bits it gets alone: the elementwise ops run on all rows at once, while
+norms, attention and every product run row by row. The models build these arrays only for float32
+weights on the CPU where numpy has OpenBLAS; otherwise their torch forward runs every step.
 """
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,7 +27,7 @@ from .parallel import BLAS, Gemv, row_product
 
 @dataclass(frozen=True, eq=False)  # eq would compare arrays
 class RowProj:
-    """A linear layer for one row: the weight's OpenBLAS view, its output width, its bias."""
+    """A linear layer for rows (b, in) or one row: the weight's OpenBLAS view, its output width, its bias."""
 
     gemv: Gemv
     out: int
@@ -65,31 +68,40 @@ class DecoderArrays:
     head: RowProj
 
 
-KV = list[tuple[np.ndarray, np.ndarray]]  # per layer: keys, values (n_kv_heads, max_len, head_dim)
+KV = list[tuple[np.ndarray, np.ndarray]]  # per layer: keys, values (batch, n_kv_heads, max_len, head_dim)
+
+
+def _per_row(x: np.ndarray, f: Callable[[np.ndarray], float]) -> np.ndarray | np.float32:
+    """f of each row of x (..., D) as float32, shaped to broadcast against x: one row at a time, so a
+    row's bits never depend on the rows beside it."""
+    rows = x.reshape(-1, x.shape[-1])
+    if len(rows) == 1:
+        return np.float32(f(rows[0]))  # a scalar: the one-row step, every token's path, stays lean
+    return np.array([f(r) for r in rows], np.float32).reshape(*x.shape[:-1], 1)
 
 
 def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
-    """Hugging Face's RMSNorm of one row: weight * (x / sqrt(mean(x^2) + eps))."""
-    y = x * np.float32(1.0 / math.sqrt(float(np.dot(x, x)) / x.size + eps))
+    """Hugging Face's RMSNorm of each row of x (..., D): weight * (x / sqrt(mean(x^2) + eps))."""
+    y = x * _per_row(x, lambda r: 1.0 / math.sqrt(float(np.dot(r, r)) / r.size + eps))
     y *= weight
     return y
 
 
 def layer_norm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float) -> np.ndarray:
-    """LayerNorm of one row (biased variance, as torch's)."""
-    d = x - np.float32(float(np.add.reduce(x)) / x.size)
-    y = d * np.float32(1.0 / math.sqrt(float(np.dot(d, d)) / x.size + eps))
+    """LayerNorm of each row of x (..., D) (biased variance, as torch's)."""
+    d = x - _per_row(x, lambda r: float(np.add.reduce(r)) / r.size)
+    y = d * _per_row(d, lambda r: 1.0 / math.sqrt(float(np.dot(r, r)) / r.size + eps))
     y *= weight
     y += bias
     return y
 
 
 def rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
-    """Rotate-half RoPE of x (heads, hd) at one position: models.apply_rope's math. cos (hd,) and
-    sin (2, hd/2), the sin's first half negated as `rope_tables` stores it."""
-    n, hd = x.shape
+    """Rotate-half RoPE of x (..., heads, hd) at one position: models.apply_rope's math. cos (hd,)
+    and sin (2, hd/2), the sin's first half negated as `rope_tables` stores it."""
+    hd = x.shape[-1]
     y = x * cos
-    y += (x.reshape(n, 2, hd // 2)[:, ::-1] * sin).reshape(n, hd)  # [x2, x1] * [-sin, sin]
+    y += (x.reshape(*x.shape[:-1], 2, hd // 2)[..., ::-1, :] * sin).reshape(x.shape)  # [x2, x1] * [-sin, sin]
     return y
 
 
@@ -127,36 +139,45 @@ def gelu(x: np.ndarray) -> np.ndarray:
 
 
 def _plus(y: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """The residual y + x, into y (a GEMV's fresh output); x may be a view of the embedding table."""
+    """The residual y + x, into y (a GEMV's fresh output)."""
     y += x
     return y
 
 
-def llama_step(a: DecoderArrays, cfg: LlamaConfig, token: int, pos: int, kv: KV,
+def _attend_rows(q: np.ndarray, keys: np.ndarray, values: np.ndarray, end: int) -> np.ndarray:
+    """`attend` for each row: q (b, H, hd) over its own cache row's first `end` positions; (b, H * hd)."""
+    rows = [attend(q[i], keys[i, :, :end], values[i, :, :end]) for i in range(len(q))]
+    return rows[0][None] if len(rows) == 1 else np.stack(rows)  # one row: a view, not a copy
+
+
+def llama_step(a: DecoderArrays, cfg: LlamaConfig, tokens: np.ndarray, pos: int, kv: KV,
                cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
-    """Logits (V,) of `token` at position `pos`; writes its keys and values into kv at pos.
-    cos, sin: this position's rows of models.rope_tables, sin as (2, hd/2)."""
+    """Logits (b, V) of tokens (b,), one per cache row, at position `pos`; writes their keys and values
+    into kv at pos. cos, sin: this position's rows of models.rope_tables, sin as (2, hd/2)."""
     nh, nkv, hd, hidden, eps = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.hidden_dim, cfg.norm_eps
-    x = a.tok_emb[token]
+    x = a.tok_emb[tokens]
+    b = len(x)
     for w, (keys, values) in zip(a.blocks, kv):
         qkv = w.qkv(rms_norm(x, w.attn_norm, eps))
-        qk = rope(qkv[:(nh + nkv) * hd].reshape(nh + nkv, hd), cos, sin)  # q and k rotated together
-        keys[:, pos] = qk[nh:]
-        values[:, pos] = qkv[(nh + nkv) * hd:].reshape(nkv, hd)
-        x = _plus(w.o(attend(qk[:nh], keys[:, :pos + 1], values[:, :pos + 1])), x)
+        qk = rope(qkv[:, :(nh + nkv) * hd].reshape(b, nh + nkv, hd), cos, sin)  # q and k rotated together
+        keys[:, :, pos] = qk[:, nh:]
+        values[:, :, pos] = qkv[:, (nh + nkv) * hd:].reshape(b, nkv, hd)
+        x = _plus(w.o(_attend_rows(qk[:, :nh], keys, values, pos + 1)), x)
         gate_up = w.gate_up(rms_norm(x, w.ffn_norm, eps))
-        x = _plus(w.down(silu_times(gate_up[:hidden], gate_up[hidden:])), x)
+        x = _plus(w.down(silu_times(gate_up[:, :hidden], gate_up[:, hidden:])), x)
     return a.head(rms_norm(x, *a.final_norm, eps))
 
 
-def gpt_step(a: DecoderArrays, cfg: GPTConfig, token: int, pos: int, kv: KV) -> np.ndarray:
-    """Logits (V,) of `token` at position `pos`; writes its keys and values into kv at pos."""
+def gpt_step(a: DecoderArrays, cfg: GPTConfig, tokens: np.ndarray, pos: int, kv: KV) -> np.ndarray:
+    """Logits (b, V) of tokens (b,), one per cache row, at position `pos`; writes their keys and values
+    into kv at pos."""
     d, h, eps = cfg.emb_dim, cfg.n_heads, cfg.norm_eps
-    x = a.tok_emb[token] + a.pos_emb[pos]
+    x = a.tok_emb[tokens] + a.pos_emb[pos]
+    b = len(x)
     for w, (keys, values) in zip(a.blocks, kv):
         qkv = w.qkv(layer_norm(x, *w.norm1, eps))
-        keys[:, pos] = qkv[d:2 * d].reshape(h, -1)
-        values[:, pos] = qkv[2 * d:].reshape(h, -1)
-        x = _plus(w.out(attend(qkv[:d].reshape(h, -1), keys[:, :pos + 1], values[:, :pos + 1])), x)
+        keys[:, :, pos] = qkv[:, d:2 * d].reshape(b, h, -1)
+        values[:, :, pos] = qkv[:, 2 * d:].reshape(b, h, -1)
+        x = _plus(w.out(_attend_rows(qkv[:, :d].reshape(b, h, -1), keys, values, pos + 1)), x)
         x = _plus(w.fc_out(gelu(w.fc_in(layer_norm(x, *w.norm2, eps)))), x)
     return a.head(layer_norm(x, *a.final_norm, eps))

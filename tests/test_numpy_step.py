@@ -12,7 +12,7 @@ import torch.nn.functional as F
 import core
 from core import numpy_step
 from core.models import KVCache, apply_rope, rms_norm, rope_tables
-from core.parallel import BLAS
+from core.parallel import BLAS, two_way
 from core.weights import load_checked, random_state
 
 needs_openblas = pytest.mark.skipif(BLAS is None, reason="numpy's BLAS here is not OpenBLAS: no numpy step")
@@ -101,6 +101,44 @@ def test_numpy_step_matches_the_torch_step(lm: core.LanguageModel, monkeypatch: 
 
 
 @needs_openblas
+def test_batched_numpy_step_gives_each_row_its_own_bits(lm: core.LanguageModel) -> None:
+    """Three rows stepped together (the side-by-side page's columns): each row's logits and cache are
+    bit for bit what that row gets stepped alone, on one core or two; and the torch forward's batch
+    gives the same logits, float32 rounding aside."""
+    m = lm.model
+    idx = torch.randint(0, lm.vocab_size, (1, 40), generator=torch.Generator().manual_seed(1))
+    tokens = torch.tensor([[11], [2024], [7]])
+
+    def prefilled() -> KVCache:
+        cache = m.new_cache(1, 43)
+        m(idx, cache, last_only=True)
+        return cache
+
+    with torch.inference_mode():
+        prompt = prefilled()
+        for two in (False, True):
+            batch, alone = prompt.repeat_batch(3), [prefilled() for _ in range(3)]
+            for step in range(2):
+                with two_way(two):
+                    together = m(tokens + step, batch, last_only=True)
+                    for i, cache in enumerate(alone):
+                        one = m(tokens[i:i + 1] + step, cache, last_only=True)
+                        assert torch.equal(together[i], one[0]), f"row {i}, step {step}, two cores: {two}"
+            for i, cache in enumerate(alone):
+                for keys, values, k, v in zip(batch.k, batch.v, cache.k, cache.v):
+                    assert torch.equal(keys[i], k[0]) and torch.equal(values[i], v[0])
+        ours = m(tokens, prompt.repeat_batch(3), last_only=True)
+        arrays, m.arrays = m.arrays, None
+        try:
+            expected = m(tokens, prompt.repeat_batch(3), last_only=True)
+        finally:
+            m.arrays = arrays
+    assert ours.shape == expected.shape == (3, 1, lm.vocab_size)
+    diff = (ours - expected).abs().max().item()
+    assert diff < ATOL, f"{lm.name}: batched numpy step vs torch max |Δlogit| {diff:.2e}"
+
+
+@needs_openblas
 def test_numpy_step_only_where_it_applies(monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = core.load_model("llama-tiny").model.cfg
     m = load_checked(cfg, random_state(cfg))
@@ -110,17 +148,18 @@ def test_numpy_step_only_where_it_applies(monkeypatch: pytest.MonkeyPatch) -> No
     token = torch.tensor([[5]])
     with torch.inference_mode():
         m(token)                                  # no cache
-        cache = m.new_cache(2, 8)
-        m(token.expand(2, 1), cache)              # a batch of two
         m(torch.tensor([[5, 6]]), m.new_cache(1, 8))  # two tokens
+        with pytest.raises(RuntimeError):         # one row for a cache of two rows: torch refuses it
+            m(token, m.new_cache(2, 8))
         assert not calls
         m(token, m.new_cache(1, 8))
-        assert len(calls) == 1
+        m(token.expand(3, 1), m.new_cache(3, 8))  # a batch: a token per cache row
+        assert len(calls) == 2
     with torch.no_grad():
         m(token, m.new_cache(1, 8))
-    assert len(calls) == 2
+    assert len(calls) == 3
     m(token, m.new_cache(1, 8))                   # gradients on: torch, which can track them
-    assert len(calls) == 2
+    assert len(calls) == 3
     with torch.inference_mode():
         full = m.new_cache(1, 1)
         m(token, full)
@@ -128,7 +167,7 @@ def test_numpy_step_only_where_it_applies(monkeypatch: pytest.MonkeyPatch) -> No
             m(token, full)                        # the same message as torch's forward gives
         with pytest.raises(RuntimeError, match="same dtype"):  # torch's message, not numpy's
             m(token, KVCache(cfg.n_layers, 1, cfg.n_kv_heads, 8, cfg.head_dim, dtype=torch.float64))
-    assert len(calls) == 3
+    assert len(calls) == 4
     m.prepare_for_inference(openblas=False)       # torch's GEMVs asked for: no numpy step
     assert m.arrays is None
     m.prepare_for_inference()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -12,7 +13,7 @@ import torch.nn.functional as F
 import core
 import core.parallel as parallel
 from core.models import column_major, row_major
-from core.parallel import (ALIGN, BLAS, CoreGovernor, linear, one_torch_thread, padded_width, prepare,
+from core.parallel import (ALIGN, BLAS, CoreGovernor, linear, one_torch_thread, padded_width, prepare, row_product,
                            two_way)
 from core.weights import load_checked, random_state
 
@@ -68,6 +69,34 @@ def test_column_major_weight_is_a_padded_view_with_the_same_bits(out_features: i
         assert one.shape == two.shape == (1, 1, out_features)
         assert torch.equal(one, two)                  # bit for bit on one thread and on two
         torch.testing.assert_close(one, F.linear(x, w, b))
+
+
+@needs_openblas
+@pytest.mark.parametrize("layout", [column_major, row_major])
+def test_rows_go_slice_by_slice_with_each_rows_own_bits(layout) -> None:
+    # 8 MiB of weights: more than a slice (CHUNK_BYTES), so rows after the first read it from cache
+    w = layout(torch.randn(4100, 512, generator=torch.Generator().manual_seed(3)))
+    gemv = prepare(w)
+    assert gemv is not None and 0 < gemv.chunk < gemv.width and gemv.chunk % ALIGN == 0
+    assert gemv.chunk * 512 * 4 <= parallel.CHUNK_BYTES
+    rows, bias = torch.randn(3, 512), torch.randn(4100)
+    for two in (False, True):
+        with two_way(two):
+            together = row_product(gemv, rows.numpy(), 4100, bias.numpy())
+            alone = [row_product(gemv, r, 4100, bias.numpy()) for r in rows.numpy()]
+        assert together.shape == (3, 4100)
+        for i in range(3):
+            assert np.array_equal(together[i], alone[i]), f"row {i}, two threads: {two}"
+    torch.testing.assert_close(torch.from_numpy(together), F.linear(rows, w, bias), atol=1e-4, rtol=1e-4)
+
+
+def test_generate_many_columns_are_the_single_generations_bit_for_bit(smollm2: core.LanguageModel) -> None:
+    # the side-by-side page's columns step together (one pass over the weights for all rows); each
+    # must still be exactly what that setting alone generates with the same seed
+    cfgs = [core.SamplingConfig(temperature=t, top_p=p, seed=5) for t, p in ((0.7, 1.0), (1.0, 0.9), (1.5, 1.0))]
+    columns = list(zip(*core.generate_many(smollm2, "The capital of France is", cfgs, 12, stop_at_eos=False)))
+    for cfg, column in zip(cfgs, columns):
+        assert list(column) == list(core.generate(smollm2, "The capital of France is", cfg, 12, stop_at_eos=False))
 
 
 @needs_openblas
