@@ -456,6 +456,29 @@ def bench_slider(table: Table, lm: core.LanguageModel, label: str, repeats: int 
             table.add("slider move", f"{label}: + plotly figure and its JSON", "ms", (t2 - t0) * 1e3)
 
 
+# ---------------------------------------------------------------- side by side
+
+def bench_side_by_side(table: Table, lm: core.LanguageModel, label: str, repeats: int) -> None:
+    """The Side-by-side page's work: three temperatures advancing together (core.generate_many), in
+    ms per step (all three columns), through the numpy step on two cores while free (the default)
+    and on one, and through torch's batched forward (the numpy step switched off)."""
+    cfgs = [core.SamplingConfig(temperature=t, seed=123) for t in (0.5, 1.0, 1.5)]
+    ids = lm.tokenizer.encode("Every effort moves you")
+    model = lm.model
+    for _ in range(repeats):
+        for name, mode, numpy_step in (("ours (core.generate_many)", "auto", True),
+                                       ("ours one core (SAMPLING_LAB_TWO_CORES=off)", "off", True),
+                                       ("torch's batched forward (numpy step off)", "off", False)):
+            arrays = model.arrays
+            GOVERNOR.mode, model.arrays = mode, arrays if numpy_step else None
+            try:
+                stamps = [time.perf_counter() for _ in core.generate_many(lm, ids, cfgs, 40, stop_at_eos=False)]
+            finally:
+                GOVERNOR.mode, model.arrays = "auto", arrays
+            table.add("side by side", f"{label}, 3 columns: {name}", "ms/step",
+                      1e3 * (stamps[-1] - stamps[0]) / (len(stamps) - 1))
+
+
 # ---------------------------------------------------------------- main
 
 def main() -> None:
@@ -517,6 +540,8 @@ def main() -> None:
         else:
             log("slider move")
             bench_slider(table, lm, label)
+            log("side by side")
+            bench_side_by_side(table, lm, label, args.repeats)
         del lm, hf_model, lm_bf16
         gc.collect()
 
