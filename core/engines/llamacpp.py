@@ -117,7 +117,9 @@ def start_server(path: str | os.PathLike, *, slots: int = 2, ctx_per_slot: int =
     path = Path(path).resolve()
     if not path.is_file():
         raise LlamaCppServerError(f"{path} does not exist")
-    threads = threads or min(os.cpu_count() or 1, 8)
+    # Half the cores by default: this process's own threads share the CPU, and ggml's spinning workers
+    # collapse when a core is taken (2 threads on 2 busy cores: 1-6 tok/s; 1 thread: 21-36, bench notes).
+    threads = threads or max(1, min((os.cpu_count() or 2) // 2, 8))
     p = xlc.CommonParams()
     p.model.path = str(path)
     p.hostnames = ["127.0.0.1"]
