@@ -241,11 +241,16 @@ def test_fault_too_many_logprobs_says_what_to_do() -> None:
         assert not isinstance(e.value, EngineLogprobsLimitError)
 
 
-def test_fault_malformed_json(llamacpp_fake) -> None:
+@pytest.mark.parametrize("fault, error, message", [
+    ("garbage", EngineJSONError, "invalid JSON"),                                 # malformed JSON
+    ("cut", EngineTruncatedError, r"was cut after \d+ of \d+ bytes"),            # a response cut mid-body
+    ("close", EngineTruncatedError, "closed the connection"),                     # closed without an answer
+])
+def test_fault_broken_response(llamacpp_fake, fault, error, message) -> None:
     c = EngineClient(llamacpp_fake.url, api_key="")
     c.info()
-    llamacpp_fake.fault = "garbage"
-    with pytest.raises(EngineJSONError, match="invalid JSON"):
+    llamacpp_fake.fault = fault
+    with pytest.raises(error, match=message):
         c.next_token([1, 2])
 
 
@@ -264,22 +269,6 @@ def test_fault_tokenizer_mismatch() -> None:
             c.check_vocab(49152)
         with pytest.raises(TokenizerMismatchError):
             c.next_token([1, 2], vocab_size=49152)
-
-
-def test_fault_response_cut_mid_body(llamacpp_fake) -> None:
-    c = EngineClient(llamacpp_fake.url, api_key="")
-    c.info()
-    llamacpp_fake.fault = "cut"
-    with pytest.raises(EngineTruncatedError, match=r"was cut after \d+ of \d+ bytes"):
-        c.next_token([1, 2])
-
-
-def test_fault_connection_closed_without_answer(llamacpp_fake) -> None:
-    c = EngineClient(llamacpp_fake.url, api_key="")
-    c.info()
-    llamacpp_fake.fault = "close"
-    with pytest.raises(EngineTruncatedError, match="closed the connection"):
-        c.next_token([1, 2])
 
 
 def test_fault_wrong_address_is_a_404_with_advice(llamacpp_fake) -> None:

@@ -22,7 +22,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "load"))
 
-from bench.load_test import PROMPT, expected_tokens, generated_tokens  # noqa: E402
+from bench.load_test import PROMPT, SessionResult, expected_tokens, press_generate  # noqa: E402
 from deploy.room import find_nginx, start_room  # noqa: E402
 from st_client import StreamlitSession  # noqa: E402
 
@@ -42,13 +42,9 @@ def get(url: str, cookie: str | None = None):
 
 
 @dataclass
-class Visit:
-    seed: int
+class Visit(SessionResult):
     cookie: str = ""
     upstreams: list[str] = field(default_factory=list)  # X-Upstream of the page, the websocket, a later GET
-    latency_s: float = 0.0
-    tokens: list[str] = field(default_factory=list)
-    error: str | None = None
 
 
 def open_visit(url: str, seed: int) -> tuple[Visit, StreamlitSession]:
@@ -85,12 +81,7 @@ def room_run():
             v, s = item
             try:
                 barrier.wait()
-                r = s.run({"gen_generate": True})
-                v.latency_s = r.duration_s
-                if r.exceptions:
-                    v.error = "; ".join(r.exceptions)
-                else:
-                    v.tokens = generated_tokens(r.texts)
+                press_generate(s, v)
                 v.upstreams.append(get(room.url + "/_stcore/health", v.cookie)["X-Upstream"])
             except Exception as e:  # any failure is this session's error
                 v.error = f"{type(e).__name__}: {e}"

@@ -215,7 +215,7 @@ def parse_v1_completion(body: Any) -> list[tuple[int, float]]:
         m = _TOKEN_ID_KEY.fullmatch(key)
         if m is None:
             raise EngineShapeError("the engine keyed its log-probabilities by token text, not id (e.g. "
-                                   f"{key!r}); texts are ambiguous: a vLLM server needs "
+                                   f"{key[:40]!r}); texts are ambiguous: a vLLM server needs "
                                    "\"return_tokens_as_token_ids\": true (vLLM >= 0.5)")
         _shape(isinstance(value, (int, float)), f"the log-probability of {key!r} is not a number")
         out.append((int(m.group(1)), float(value)))

@@ -145,7 +145,8 @@ _servers_lock = threading.Lock()
 
 
 def serve(path: str | os.PathLike, **kwargs) -> LlamaCppServer:
-    """The process's one llama.cpp server for path, started on first use (thread-safe)."""
+    """The process's one llama.cpp server for path, started on first use (thread-safe); kwargs
+    (see `start_server`) apply to that first start only."""
     key = Path(path).resolve()
     with _servers_lock:
         srv = _servers.get(key)
