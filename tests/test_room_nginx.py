@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import statistics
 import sys
 import threading
@@ -96,6 +97,7 @@ def room_run():
         yield room, visits, start_s, wall
     finally:
         room.stop()
+        shutil.rmtree(room.run_dir, ignore_errors=True)  # nginx.conf, logs
 
 
 def test_twenty_sessions_without_errors(room_run) -> None:
