@@ -134,6 +134,16 @@ class SessionResult:
     error: str | None = None
 
 
+def press_generate(client: StreamlitSession, res: SessionResult) -> None:
+    """One Generate run into res: its latency, and the tokens shown or the page's errors."""
+    run = client.run({"gen_generate": True})
+    res.latency_s = run.duration_s
+    if run.exceptions:
+        res.error = "; ".join(run.exceptions)
+    else:
+        res.tokens = generated_tokens(run.texts)
+
+
 @dataclass
 class LoadResult:
     sessions: int
@@ -189,12 +199,7 @@ def run_load(server: Server, sessions: int = 10, tokens: int = 20, base_seed: in
         res = SessionResult(seed)
         try:
             start.wait()
-            res_run = client.run({"gen_generate": True})
-            res.latency_s = res_run.duration_s
-            if res_run.exceptions:
-                res.error = "; ".join(res_run.exceptions)
-            else:
-                res.tokens = generated_tokens(res_run.texts)
+            press_generate(client, res)
         except Exception as e:  # any failure counts as this session's error
             res.error = f"{type(e).__name__}: {e}"
         return res

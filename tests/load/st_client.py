@@ -314,6 +314,8 @@ class StreamlitSession:
         Connect timeout and default per-run timeout (seconds).
     query_string:
         Query string (without ``?``) the app sees in ``st.query_params``.
+    headers:
+        Extra handshake headers, e.g. ``{"Cookie": "route=..."}`` for a proxy's session affinity.
 
     The constructor only connects; call :meth:`run` to load the page (a browser
     does that right after connecting).  Not thread-safe: use one session per
@@ -326,6 +328,7 @@ class StreamlitSession:
         page: str = "",
         timeout: float = 60,
         query_string: str = "",
+        headers: dict[str, str] | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.page = page.strip("/")
@@ -350,8 +353,11 @@ class StreamlitSession:
         self.ws_url = f"{scheme}://{u.netloc}{u.path.rstrip('/')}/_stcore/stream"
         self._inbox: queue.Queue = queue.Queue()
         self._ws = websocket.create_connection(
-            self.ws_url, timeout=timeout, subprotocols=["streamlit"]
+            self.ws_url, timeout=timeout, subprotocols=["streamlit"],
+            header=[f"{k}: {v}" for k, v in (headers or {}).items()],
         )
+        # the handshake's response headers (a proxy may say there which replica answered)
+        self.handshake_headers: dict[str, str] = dict(self._ws.getheaders() or {})
         # Reads happen on a daemon thread so that server pings are answered
         # even while the caller is idle between runs.
         self._ws.settimeout(None)

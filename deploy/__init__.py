@@ -1,0 +1,1 @@
+"""Deployment helpers: Streamlit replicas behind nginx (room.py, nginx.conf)."""
