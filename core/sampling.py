@@ -394,9 +394,9 @@ class _Request:
     xtc_uniform: Tensor | None                  # XTC's draw (one for every row), None if not needed
 
 
-def _request(logits: Tensor, cfg: SamplingConfig, history: History | None, prompt_length: int | Sequence[int] | None,
-             dry_breakers: Sequence[Sequence[int]] | None, generator: torch.Generator | None,
-             xtc_uniform: float | Tensor | None) -> _Request:
+def _request(logits: Tensor, cfg: SamplingConfig, history: History | None = None,
+             prompt_length: int | Sequence[int] | None = None, dry_breakers: Sequence[Sequence[int]] | None = None,
+             generator: torch.Generator | None = None, xtc_uniform: float | Tensor | None = None) -> _Request:
     rows = history_rows(history, logits)
     if prompt_length is None:
         starts = [0] * len(rows)
@@ -758,3 +758,62 @@ def rank_of(logits: Tensor, token_ids: Tensor) -> Tensor:
     values = logits.gather(-1, ids)                                   # (..., n)
     ranks = (logits.unsqueeze(-2) > values.unsqueeze(-1)).sum(dim=-1) + 1
     return ranks.squeeze(-1) if one_per_row else ranks
+
+
+# --- temperature sweep -----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TemperatureSweep:
+    """How the chosen chain's distribution changes with temperature, everything else fixed."""
+
+    temperatures: tuple[float, ...]   # the grid, ascending
+    entropy: tuple[float, ...]        # bits of the final distribution at each temperature
+    effective: tuple[float, ...]      # 2 ** entropy: the number of equally likely tokens it amounts to
+    top_prob: tuple[float, ...]       # probability of the most likely token after the chain
+    top_id: tuple[int, ...]           # which token that is (penalties or XTC can change it)
+
+
+def temperature_grid(high: float = 5.0, steps: int = 51) -> tuple[float, ...]:
+    """`steps` evenly spaced temperatures from 0 (greedy) to `high`."""
+    _check_range("high", high, low=0, low_open=True)
+    if not (_is_int(steps) and steps >= 2):
+        raise ValueError(f"steps must be an int >= 2, got {steps!r}")
+    return tuple(high * i / (steps - 1) for i in range(steps))
+
+
+def temperature_sweep(logits: Tensor, cfg: SamplingConfig, temperatures: Sequence[float] | None = None,
+                      **request: object) -> TemperatureSweep:
+    """Entropy, effective number of candidates (2^H) and top-token probability of one row (V,) as the
+    temperature moves over a grid (default: 0 to 5), with cfg's other settings and order.
+
+    Keyword arguments as `pipeline`; an XTC draw (xtc_uniform) is shared by every temperature.
+    """
+    if logits.dim() != 1:
+        raise ValueError(f"temperature_sweep takes one row of logits (V,), got shape {tuple(logits.shape)}")
+    grid = temperature_grid() if temperatures is None else tuple(float(t) for t in temperatures)
+    for t in grid:
+        _check_temperature(t)
+    generator = request.pop("generator", None)
+    if request.get("xtc_uniform") is None and cfg.xtc_needs_draw and generator is not None:
+        request["xtc_uniform"] = draw_uniform(generator, 1)   # one draw for the whole sweep
+    # The stages before temperature do not depend on it: run them once, then every temperature as
+    # one row of a batch through the rest of the chain (one sort for the grid, not one per point).
+    names = cfg.stages
+    split = names.index("temperature") if "temperature" in names else len(names)
+    req = _request(logits, cfg, **request)
+    x = logits.float()
+    for name in names[:split]:
+        x = _apply_stage(name, x, cfg, req)
+    if split == len(names):   # no temperature stage: the same distribution at every point
+        rows = x.expand(len(grid), -1)
+    else:
+        rows = torch.stack([apply_temperature(x, t) for t in grid]) if grid else x.new_zeros(0, x.shape[-1])
+        batch_req = _request(rows, cfg, **request)
+        for name in names[split + 1:]:
+            rows = _apply_stage(name, rows, cfg, batch_req)
+    probs = torch.softmax(rows, dim=-1)
+    bits = entropy(probs).clamp_min(0.0) + 0.0   # rounding gives -0.0 bits for one-hot rows
+    top = probs.max(dim=-1)
+    return TemperatureSweep(temperatures=grid, entropy=tuple(bits.tolist()),
+                            effective=tuple((2.0 ** bits).tolist()), top_prob=tuple(top.values.tolist()),
+                            top_id=tuple(top.indices.tolist()))
