@@ -307,7 +307,9 @@ def apply_xtc(logits: Tensor, threshold: float, probability: float, uniform: Ten
                          "xtc_uniform= (one value in [0, 1) per request)")
     else:
         # compared where the draw lives (float64 on the CPU), then moved: no rounding up to 1
-        fire = torch.broadcast_to(torch.as_tensor(uniform) < probability, x.shape[:-1]).to(x.device)
+        u = torch.as_tensor(uniform)
+        u = u.reshape(()) if u.numel() == 1 else u   # one draw for every row
+        fire = torch.broadcast_to(u < probability, x.shape[:-1]).to(x.device)
     p = torch.softmax(x, dim=-1)
     above = (p >= threshold) & (p > 0)
     # the least likely qualifying token (ties: the higher id, as llama.cpp's order puts it last)
