@@ -237,7 +237,7 @@ def apply_dry(logits: Tensor, rows: Sequence[Sequence[int]], multiplier: float, 
     sub = torch.zeros(len(rows), x.shape[-1], dtype=torch.float32)
     for i, row in enumerate(rows):
         for token, penalty in dry_penalties(row, multiplier, base, allowed_length, breakers).items():
-            sub[i, token] = penalty
+            sub[i, token] = min(penalty, _F32_MAX)   # a huge multiplier must not overflow the float32 tensor
     sub = sub.to(x.device)
     y = x - (sub[0] if x.dim() == 1 else sub)
     return saturate(x, torch.where(torch.isneginf(x), x, y))

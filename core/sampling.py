@@ -73,12 +73,15 @@ def _check_range(name: str, value: object, low: float | None = None, high: float
     ok = ok and (low is None or (value > low if low_open else value >= low))
     ok = ok and (high is None or (value < high if high_open else value <= high))
     if not ok:
-        lo = "" if low is None else ("(" if low_open else "[") + f"{low:g}"
-        hi = "" if high is None else f"{high:g}" + (")" if high_open else "]")
-        where = {(True, True): f" in {lo}, {hi}", (True, False): f" {'>' if low_open else '>='} {low:g}",
-                 (False, True): f" {'<' if high_open else '<='} {high:g}", (False, False): ""}
-        raise ValueError(f"{name} must be a finite number{where[(low is not None, high is not None)]}, "
-                         f"got {value!r}")
+        if low is not None and high is not None:
+            where = f" in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        elif low is not None:
+            where = f" {'>' if low_open else '>='} {low:g}"
+        elif high is not None:
+            where = f" {'<' if high_open else '<='} {high:g}"
+        else:
+            where = ""
+        raise ValueError(f"{name} must be a finite number{where}, got {value!r}")
 
 
 def _check_int(name: str, value: object, low: int) -> None:
@@ -321,7 +324,8 @@ def apply_temperature(logits: Tensor, temperature: float) -> Tensor:
         return torch.full_like(x, NEG_INF).scatter(-1, top, 0.0)
     if temperature == 1:
         return x
-    y = x / temperature
+    # -inf stays -inf (a huge T rounds to inf in float32, and -inf / inf is NaN)
+    y = torch.where(torch.isneginf(x), x, x / temperature)
     overflow = (torch.isfinite(x) & ~torch.isfinite(y)).any(dim=-1, keepdim=True)
     if not bool(overflow.any()):
         return y
