@@ -487,3 +487,39 @@ def test_temperature_sweep_on_the_book_example():
         temperature_sweep(book[None], SamplingConfig())
     with pytest.raises(ValueError, match="steps must be an int >= 2, got 1"):
         temperature_grid(5.0, 1)
+
+
+# --- generation runs the same chain, with the history --------------------------------------
+
+def test_generation_passes_the_history_to_the_penalties(tiny):
+    prompt = tiny.tokenizer.encode("Every effort moves you")
+    plain = [s.token_id for s in core.generate(tiny, prompt, SamplingConfig(temperature=0), max_new_tokens=12)]
+    assert len(set(plain)) < len(plain)   # the tiny random model repeats itself when greedy
+    cfg = SamplingConfig(temperature=0, presence_penalty=1e6)
+    steps = list(core.generate(tiny, prompt, cfg, max_new_tokens=12))
+    ids = [s.token_id for s in steps]
+    # a huge presence penalty forbids every token already seen, the prompt's included
+    assert len(set(ids)) == len(ids) and not set(ids) & set(prompt)
+
+
+def test_generation_with_dry_never_extends_a_repeat(tiny):
+    prompt = tiny.tokenizer.encode("Every effort moves you")
+    cfg = SamplingConfig(temperature=0, dry_multiplier=1e6, dry_allowed_length=2, dry_sequence_breakers=())
+    seq = prompt + [s.token_id for s in core.generate(tiny, prompt, cfg, max_new_tokens=30)]
+    for j in range(len(prompt), len(seq)):
+        earlier = {tuple(seq[p - 2:p + 1]) for p in range(2, j)}
+        assert tuple(seq[j - 2:j + 1]) not in earlier, f"generated token {j} repeats a trigram"
+
+
+def test_generation_draws_xtc_from_the_request_generator(tiny):
+    cfg = SamplingConfig(temperature=1.0, xtc_threshold=0.001, xtc_probability=0.5, seed=7)
+
+    def run(config: SamplingConfig, seed: int | None = None) -> list[int]:
+        return [s.token_id for s in core.generate(tiny, "Every effort moves you", config, max_new_tokens=10,
+                                                  seed=seed)]
+
+    assert run(cfg) == run(cfg)                                     # same seed, same text
+    assert len({tuple(run(cfg, seed)) for seed in range(4)}) > 1
+    # one XTC draw per step serves every column: identical settings stay identical side by side
+    for steps in core.generate_many(tiny, "Every effort moves you", [cfg, cfg], max_new_tokens=10):
+        assert steps[0].token_id == steps[1].token_id and steps[0].prob == steps[1].prob
