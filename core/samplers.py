@@ -55,12 +55,13 @@ def _rows(history: Sequence[int] | Sequence[Sequence[int]] | Tensor, batch: int 
     if batch is None:
         if nested:
             raise ValueError("a single row of logits (V,) takes one flat history of token ids")
-        return [[int(t) for t in history]]
+        return [list(map(int, history))]
     if not nested:
-        return [[int(t) for t in history] for _ in range(batch)]
+        flat = list(map(int, history))
+        return [flat] * batch   # shared, never modified
     if len(history) != batch:
         raise ValueError(f"history has {len(history)} rows for {batch} rows of logits")
-    return [[int(t) for t in row] for row in history]
+    return [list(map(int, row)) for row in history]
 
 
 def history_rows(history: Sequence[int] | Sequence[Sequence[int]] | Tensor | None,
@@ -74,8 +75,8 @@ def history_rows(history: Sequence[int] | Sequence[Sequence[int]] | Tensor | Non
     rows = _rows(history, batch)
     vocab = logits.shape[-1]
     for row in rows:
-        bad = [t for t in row if not 0 <= t < vocab]
-        if bad:
+        if row and (min(row) < 0 or max(row) >= vocab):
+            bad = [t for t in row if not 0 <= t < vocab]
             raise ValueError(f"history token ids must be in [0, {vocab}), got {bad[:5]}")
     return rows
 

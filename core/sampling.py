@@ -392,7 +392,8 @@ History = Sequence[int] | Sequence[Sequence[int]] | Tensor
 class _Request:
     """What a chain needs beyond logits and settings, resolved once per call."""
 
-    rows: list[list[int]]                       # token ids so far (prompt included), one list per logits row
+    rows: list[list[int]]                       # token ids so far (prompt included), one list per logits row,
+                                                # empty when no stage reads them
     prompt_length: list[int]                    # leading ids of each row that are the prompt
     dry_breakers: tuple[tuple[int, ...], ...]   # DRY's sequence breakers as token-id sequences
     xtc_uniform: Tensor | None                  # XTC's draw (one for every row), None if not needed
@@ -401,7 +402,9 @@ class _Request:
 def _request(logits: Tensor, cfg: SamplingConfig, history: History | None = None,
              prompt_length: int | Sequence[int] | None = None, dry_breakers: Sequence[Sequence[int]] | None = None,
              generator: torch.Generator | None = None, xtc_uniform: float | Tensor | None = None) -> _Request:
-    rows = history_rows(history, logits)
+    # only the penalties and DRY read the history: skip the pass over it when both are off
+    uses_history = any(cfg.stage_active(s) for s in ("penalties", "dry") if s in cfg.stages)
+    rows = history_rows(history if uses_history else None, logits)
     if prompt_length is None:
         starts = [0] * len(rows)
     elif _is_int(prompt_length):
