@@ -89,7 +89,9 @@ TRUNCATION = [
 def test_truncation_chain_matches_llama_cpp(engine, theirs, ours):
     ask, ids, raw = engine
     cfg = SamplingConfig(order="llama.cpp", **ours)
-    compare(probabilities(raw.float(), cfg), post_sampling(ask, **theirs))
+    expected = post_sampling(ask, **theirs)
+    diff = compare(probabilities(raw.float(), cfg), expected)
+    print(f"\n{theirs}: {int((expected > 0).sum())} tokens kept by both, max |Δp| {diff:.2e}")   # pytest -s
 
 
 def test_penalties_dry_and_bias_match_llama_cpp(engine, smollm2):
@@ -104,7 +106,8 @@ def test_penalties_dry_and_bias_match_llama_cpp(engine, smollm2):
     u = int(torch.where(~seen, theirs, -1.0).argmax())
     c = (math.log(theirs[u] / theirs[t]) - raw[u] + raw[t] / r) / (1 - 1 / r)
     logits = (raw + c).float()
-    compare(probabilities(logits, SamplingConfig(order="llama.cpp", repetition_penalty=r), history=ids), theirs)
+    diff = compare(probabilities(logits, SamplingConfig(order="llama.cpp", repetition_penalty=r), history=ids), theirs)
+    print(f"\nrepeat_penalty {r} (c = {c:.4f} recovered from tokens {t}, {u}): max |Δp| {diff:.2e}")
 
     breakers = core.dry_breaker_ids(SamplingConfig().dry_sequence_breakers, smollm2.tokenizer.token_text,
                                     smollm2.tokenizer.encode, smollm2.tokenizer.vocab_size)
@@ -119,6 +122,7 @@ def test_penalties_dry_and_bias_match_llama_cpp(engine, smollm2):
     for request, ours in cases:
         cfg = SamplingConfig(order="llama.cpp", **ours)
         theirs = post_sampling(ask, **request)
-        compare(probabilities(logits, cfg, history=ids, dry_breakers=breakers), theirs)
+        diff = compare(probabilities(logits, cfg, history=ids, dry_breakers=breakers), theirs)
+        print(f"\n{request}: max |Δp| {diff:.2e}")
         # the penalties changed something: the raw distribution alone does not match
         assert float((torch.softmax(logits.double(), -1) - theirs).abs().max()) > 1e-3
