@@ -6,11 +6,12 @@ at its neutral value. Definitions follow the engines' own code:
   for tokens in the history, positive logits are divided by the penalty, negative ones multiplied;
 - presence/frequency penalties: the OpenAI definition, logit - frequency*count - presence*[count > 0]
   (vLLM `apply_penalties`, llama.cpp `llama_sampler_penalties_apply`);
-- typical-p: transformers `TypicalLogitsWarper` (llama.cpp `llama_sampler_typical_apply` differs
-  only at an exact boundary: `strict=True`);
+- typical-p: transformers `TypicalLogitsWarper`; `strict=True` is llama.cpp's
+  `llama_sampler_typical_apply` (stops once the sum exceeds the mass, keeps no ties);
 - top-nσ: llama.cpp `llama_sampler_top_n_sigma_apply` (Tang et al., 2024);
 - XTC: llama.cpp `llama_sample_xtc_apply`;
-- DRY: llama.cpp `llama_sampler_dry_apply` (ported from koboldcpp).
+- DRY: llama.cpp `llama_sampler_dry_apply` (ported from koboldcpp), over the whole history (llama.cpp's
+  default dry_penalty_last_n = -1; penalty_last_n is the other penalties' setting).
 
 Token histories are plain sequences of ids (prompt included). Penalties, DRY and XTC need per-request
 inputs (the history, the sequence breakers as token ids, a random draw); the chain in `core.sampling`

@@ -182,7 +182,7 @@ class SamplingConfig:
     repetition_penalty: float = 1.0     # > 0; seen tokens: positive logits / it, negative * it; 1 = off
     presence_penalty: float = 0.0       # subtracted once from every seen token's logit; 0 = off
     frequency_penalty: float = 0.0      # subtracted per occurrence in the history; 0 = off
-    penalty_last_n: int = -1            # history the penalties see: last n tokens; -1 = all, 0 = none
+    penalty_last_n: int = -1            # history the penalties (not DRY) see: last n tokens; -1 = all, 0 = none
     logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, added to its logit); a dict is accepted
     typical_p: float = 1.0              # locally typical sampling mass in (0, 1]; 1 = off
     top_n_sigma: float = 0.0            # keep logits >= max - n * std; <= 0 = off
@@ -429,6 +429,17 @@ def _request(logits: Tensor, cfg: SamplingConfig, history: History | None = None
     return _Request(rows, starts, breakers, u)
 
 
+def _chain_input(logits: Tensor) -> Tensor:
+    """float32 logits for the chain: NaN is an error, +inf is held at float32's max (its limit: such a
+    token takes all the probability, shared with its equals), -inf stays a removed token."""
+    x = logits.float()
+    if bool(torch.isfinite(x).all()):
+        return x
+    if bool(torch.isnan(x).any()):
+        raise ValueError("logits contain NaN")
+    return x.clamp(max=torch.finfo(torch.float32).max)
+
+
 def _penalise(x: Tensor, cfg: SamplingConfig, req: _Request) -> Tensor:
     last_n = cfg.penalty_last_n
     counts = token_counts(req.rows, x, last_n)
@@ -471,7 +482,7 @@ def filter_logits(logits: Tensor, cfg: SamplingConfig, *, history: History | Non
                   xtc_uniform: float | Tensor | None = None) -> Tensor:
     """Run the chain in cfg's order (each stage a no-op at its neutral value); see `pipeline` for the arguments."""
     req = _request(logits, cfg, history, prompt_length, dry_breakers, generator, xtc_uniform)
-    x = logits.float()
+    x = _chain_input(logits)
     for name in cfg.stages:
         x = _apply_stage(name, x, cfg, req)
     return x
@@ -574,7 +585,7 @@ def pipeline(logits: Tensor, cfg: SamplingConfig, *, history: History | None = N
     """
     req = _request(logits, cfg, history, prompt_length, dry_breakers, generator, xtc_uniform)
     vocab = logits.shape[-1]
-    raw = logits.float()
+    raw = _chain_input(logits)
     raw_probs = torch.softmax(raw, dim=-1)
     reference = torch.softmax(apply_temperature(raw, cfg.temperature), dim=-1)   # this T, no filters
     ones = torch.ones(raw.shape[:-1], device=raw.device)
@@ -808,7 +819,7 @@ def temperature_sweep(logits: Tensor, cfg: SamplingConfig, temperatures: Sequenc
     names = cfg.stages
     split = names.index("temperature") if "temperature" in names else len(names)
     req = _request(logits, cfg, **request)
-    x = logits.float()
+    x = _chain_input(logits)
     for name in names[:split]:
         x = _apply_stage(name, x, cfg, req)
     if split == len(names):   # no temperature stage: the same distribution at every point
