@@ -105,9 +105,10 @@ def generate_many(lm: LanguageModel, prompt: str | Sequence[int], configs: Seque
     greedy = all(c.greedy for c in configs)
     decoders = [codecs.getincrementaldecoder("utf-8")(errors="replace") for _ in range(b)]
     seqs = [list(ids) for _ in range(b)]
-    # DRY's breakers are text: map them to token-id sequences once per request, per column
-    breakers = [dry_breaker_ids(c.dry_sequence_breakers, lm.tokenizer.token_text, lm.tokenizer.encode,
-                                lm.tokenizer.vocab_size) if c.dry_multiplier else () for c in configs]
+    # DRY's breakers are text: map them to token-id sequences once per request (a vocabulary scan)
+    breakers = {c.dry_sequence_breakers: dry_breaker_ids(c.dry_sequence_breakers, lm.tokenizer.token_text,
+                                                         lm.tokenizer.encode, lm.tokenizer.vocab_size)
+                for c in configs if c.dry_multiplier}
     done = [False] * b
     cache: KVCache | None = None
     request = id(gen)  # names this request to the two-core governor
@@ -128,11 +129,12 @@ def generate_many(lm: LanguageModel, prompt: str | Sequence[int], configs: Seque
                             logits = lm.model(chosen.view(b, 1), cache, last_only=True)[:, -1].float()
                     # drawn every step, so greedy columns never shift the others
                     u = draw_uniform(gen, 1).expand(b)
-                    # XTC's coin, shared by every column; drawn only when one needs it, so runs without XTC keep their draws
+                    # XTC's coin, shared by every column; drawn only when needed (runs without XTC keep their draws)
                     u_xtc = draw_uniform(gen, 1) if any(c.xtc_needs_draw for c in configs) else None
                     raw_probs = torch.softmax(logits, dim=-1)
                     probs = torch.stack([probabilities(logits[i], c, history=seqs[i], prompt_length=len(ids),
-                                                       dry_breakers=breakers[i], xtc_uniform=u_xtc)
+                                                       dry_breakers=breakers.get(c.dry_sequence_breakers, ()),
+                                                       xtc_uniform=u_xtc)
                                          for i, c in enumerate(configs)])
                     # a greedy row is one token at probability 1, which every draw picks: skip the draw
                     chosen = argmax(probs) if greedy else sample(probs, uniform=u)
