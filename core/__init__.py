@@ -11,8 +11,10 @@ from .config import GPT_PRESETS, LLAMA_PRESETS, GPTConfig, LlamaConfig
 from .generation import Candidate, Step, generate, generate_many
 from .loading import (DEFAULT_MODEL, EmptyPromptError, LanguageModel, ModelUnavailableError, load_checkpoint,
                       load_model)
-from .sampling import (PRESETS, SamplingConfig, Stage, apply_min_p, apply_temperature, apply_top_k, apply_top_p,
-                       entropy, filter_logits, make_generator, moot_warnings, pipeline, probabilities, sample)
+from .samplers import dry_breaker_ids
+from .sampling import (ORDERS, PRESETS, RULES, STAGE_NAMES, SamplingConfig, Stage, TemperatureSweep, apply_min_p,
+                       apply_temperature, apply_top_k, apply_top_p, entropy, filter_logits, make_generator,
+                       moot_warnings, pipeline, probabilities, sample, temperature_sweep)
 from .tokenizer import Tokenizer, TokenizerError
 from .weights import WeightsError
 
@@ -21,5 +23,6 @@ __all__ = [
     "DEFAULT_MODEL", "EmptyPromptError", "LanguageModel", "ModelUnavailableError", "load_checkpoint", "load_model",
     "PRESETS", "SamplingConfig", "Stage", "apply_min_p", "apply_temperature", "apply_top_k", "apply_top_p",
     "entropy", "filter_logits", "make_generator", "moot_warnings", "pipeline", "probabilities", "sample",
+    "ORDERS", "RULES", "STAGE_NAMES", "TemperatureSweep", "dry_breaker_ids", "temperature_sweep",
     "Tokenizer", "TokenizerError", "WeightsError",
 ]

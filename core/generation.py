@@ -11,6 +11,7 @@ from torch import Tensor
 from .loading import LanguageModel
 from .models import KVCache
 from .parallel import GOVERNOR, one_torch_thread, two_way
+from .samplers import dry_breaker_ids
 from .sampling import SamplingConfig, argmax, draw_uniform, entropy, make_generator, probabilities, rank_of, sample
 
 
@@ -104,6 +105,10 @@ def generate_many(lm: LanguageModel, prompt: str | Sequence[int], configs: Seque
     greedy = all(c.greedy for c in configs)
     decoders = [codecs.getincrementaldecoder("utf-8")(errors="replace") for _ in range(b)]
     seqs = [list(ids) for _ in range(b)]
+    # DRY's breakers are text: map them to token-id sequences once per request (a vocabulary scan)
+    breakers = {c.dry_sequence_breakers: dry_breaker_ids(c.dry_sequence_breakers, lm.tokenizer.token_text,
+                                                         lm.tokenizer.encode, lm.tokenizer.vocab_size)
+                for c in configs if c.dry_multiplier}
     done = [False] * b
     cache: KVCache | None = None
     request = id(gen)  # names this request to the two-core governor
@@ -124,8 +129,13 @@ def generate_many(lm: LanguageModel, prompt: str | Sequence[int], configs: Seque
                             logits = lm.model(chosen.view(b, 1), cache, last_only=True)[:, -1].float()
                     # drawn every step, so greedy columns never shift the others
                     u = draw_uniform(gen, 1).expand(b)
+                    # XTC's coin, shared by every column; drawn only when needed (runs without XTC keep their draws)
+                    u_xtc = draw_uniform(gen, 1) if any(c.xtc_needs_draw for c in configs) else None
                     raw_probs = torch.softmax(logits, dim=-1)
-                    probs = torch.stack([probabilities(logits[i], c) for i, c in enumerate(configs)])
+                    probs = torch.stack([probabilities(logits[i], c, history=seqs[i], prompt_length=len(ids),
+                                                       dry_breakers=breakers.get(c.dry_sequence_breakers, ()),
+                                                       xtc_uniform=u_xtc)
+                                         for i, c in enumerate(configs)])
                     # a greedy row is one token at probability 1, which every draw picks: skip the draw
                     chosen = argmax(probs) if greedy else sample(probs, uniform=u)
                     raw_ent, ent = entropy(raw_probs), entropy(probs)
