@@ -9,10 +9,11 @@ import core
 from ui import bridge
 from ui import generate_view as gv
 from ui.controls import Settings, require_model, require_prompt_ids, settings
-from ui.format import plain_text_for_markdown, show_token
+from ui.format import fmt_bits, fmt_prob, plain_text_for_markdown, settings_label, show_token, with_prob_text
 
 RUN, ORIGIN, REQUEST, STOP, RUN_NO, IMPORTED, ASKED = (
     "gen_run", "gen_origin", "gen_request", "gen_stop_clicked", "gen_run_no", "gen_imported_id", "gen_asked_mode")
+PROB_COLUMNS = ["raw probability", "after filters"]
 REDRAW_S = 0.08   # redraw the streaming text at most this often; every redraw is also where Stop lands
 
 
@@ -66,23 +67,22 @@ def _inspector(run: gv.Run) -> None:
                      key=f"gen_inspect_{st.session_state.get(RUN_NO, 0)}",
                      help="Hover a token above for a quick look; pick it here for the full top-10 lists.")
     step = run.steps[i]
-    st.text(f"Chose {show_token(step.text)} (id {step.token_id}): {gv.fmt_prob(step.prob)} after filters, "
-            f"{gv.fmt_prob(step.raw_prob)} raw, rank {step.rank:,} under the raw logits. Entropy "
-            f"{step.entropy:.2f} bits after filters ({step.raw_entropy:.2f} raw). "
+    st.text(f"Chose {show_token(step.text)} (id {step.token_id}): {fmt_prob(step.prob)} after filters, "
+            f"{fmt_prob(step.raw_prob)} raw, rank {step.rank:,} under the raw logits. Entropy "
+            f"{fmt_bits(step.entropy)} after filters ({fmt_bits(step.raw_entropy)} raw). "
             f"Random number u = {step.uniform:.4f}.")
     before, after = gv.alternatives_tables(step)
-    pct = st.column_config.ProgressColumn
     # Fixed widths so both tables show every column side by side at a normal window width.
     config = {"rank": st.column_config.NumberColumn("rank", width=45),
               "token": st.column_config.TextColumn("token", width=105),
-              "raw probability": pct("raw probability", format="percent", min_value=0.0, max_value=1.0, width=120),
-              "after filters": pct("after filters", format="percent", min_value=0.0, max_value=1.0, width=120),
+              "raw probability": st.column_config.TextColumn("raw probability", width=120),
+              "after filters": st.column_config.TextColumn("after filters", width=120),
               "chosen": st.column_config.TextColumn("chosen", width=60)}
     left, right = st.columns(2)
     left.caption("Before filtering: the model's raw top 10")
-    left.dataframe(before, hide_index=True, column_config=config)
+    left.dataframe(with_prob_text(before, PROB_COLUMNS), hide_index=True, column_config=config)
     right.caption("After filtering: what the sampler drew from")
-    right.dataframe(after, hide_index=True, column_config=config)
+    right.dataframe(with_prob_text(after, PROB_COLUMNS), hide_index=True, column_config=config)
 
 
 def _show_run(run: gv.Run, colour_by: str, s: Settings, max_new: int) -> None:
@@ -90,7 +90,7 @@ def _show_run(run: gv.Run, colour_by: str, s: Settings, max_new: int) -> None:
     kind, note = gv.status_note(run)
     getattr(st, kind)(note)
     st.text(f"{'Replayed from ' + origin + ' (no model needed) · ' if origin else ''}{run.model} · "
-            f"{run.prompt_mode} prompt · {gv.settings_label(run.sampling)} · max {run.max_new_tokens} tokens")
+            f"{run.prompt_mode} prompt · {settings_label(run.sampling, seed=True)} · max {run.max_new_tokens} tokens")
     if not origin:
         changed = gv.settings_changes(run, s.model_label, s.prompt, s.mode, s.sampling, max_new,
                                       st.session_state.get(ASKED))

@@ -4,7 +4,7 @@ import streamlit as st
 from ui import bridge
 from ui import next_token_view as view
 from ui.controls import require_model, require_prompt_ids, settings
-from ui.format import plain_text_for_markdown, show_token
+from ui.format import fmt_prob, plain_text_for_markdown, show_token, with_prob_text
 
 PICK_OPTIONS = 50   # the selectbox offers this many candidates, most likely first
 
@@ -36,7 +36,7 @@ c_sample.button("Sample", icon=":material/casino:", key="nt_sample", type="prima
 top = a.top(PICK_OPTIONS).tolist()
 # Labels from the raw distribution only, so they stay put while the sampling sliders move.
 c_pick.selectbox(f"…or choose one of the top {len(top)} (raw probability)", top, key="nt_pick",
-                 format_func=lambda i: f"{show_token(tok.token_text(i))}   ({view.fmt_prob(float(a.raw_probs[i]))})")
+                 format_func=lambda i: f"{show_token(tok.token_text(i))}   ({fmt_prob(float(a.raw_probs[i]))})")
 c_append.button("Append", icon=":material/add:", key="nt_append", width="stretch", on_click=view.on_choose,
                 args=(state, a, tok), kwargs={"widget_key": "nt_pick"})
 picks = view.steps(state)
@@ -51,9 +51,8 @@ if picks:
     # The message holds model text: escaped so Markdown shows it literally.
     st.info(plain_text_for_markdown(last.message()), icon=icon)
     with st.expander(f"How each of the {len(picks)} appended tokens was chosen"):
-        st.dataframe(view.history_table(picks), hide_index=True, width="stretch",
-                     column_config={"p (settings then)": st.column_config.NumberColumn(format="percent"),
-                                    "raw p": st.column_config.NumberColumn(format="percent")})
+        st.dataframe(with_prob_text(view.history_table(picks), ["p (settings then)", "raw p"]), hide_index=True,
+                     width="stretch")
 
 
 @st.fragment
@@ -78,13 +77,12 @@ def distribution(a: view.Analysis) -> None:
                    "same tokens under the model's own distribution. Sample renormalises the survivors to 100 %. "
                    "Entropy: 0 bits = one possible token; n bits ≈ as unsure as 2ⁿ equally likely tokens.")
 
-    st.dataframe(table, hide_index=True, width="stretch", key="nt_table",
+    st.dataframe(with_prob_text(table, ["raw probability", "filtered probability"]), hide_index=True,
+                 width="stretch", key="nt_table",
                  column_order=["rank", "token", "id", "logit", "raw probability", "filtered probability", "status"],
                  column_config={"rank": st.column_config.NumberColumn(width="small"),
                                 "id": st.column_config.NumberColumn(width="small"),
                                 "logit": st.column_config.NumberColumn(format="%.3f", width="small"),
-                                "raw probability": st.column_config.NumberColumn(format="percent"),
-                                "filtered probability": st.column_config.NumberColumn(format="percent"),
                                 "status": st.column_config.TextColumn(width="medium")})
     d1, d2, _ = st.columns([1, 1, 2])
     d1.download_button(f"These {len(table)} rows (CSV)", view.csv_bytes(table), "next_token_top.csv", "text/csv",

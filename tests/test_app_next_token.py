@@ -65,9 +65,9 @@ def test_page_renders(at, tiny, logits):
     assert filt["x"][:10] == pytest.approx(expected, rel=1e-6)   # T = 1, no filters: same distribution
     assert spec["layout"]["yaxis"]["type"] == "category"
     assert pipeline(at).splitlines()[2:] == [
-        "| **raw logits** | 50,257 | 100 % | 100 % |", "| :gray[temperature 1 (off)] | 50,257 | 100 % | 100 % |",
-        "| :gray[top-k off] | 50,257 | 100 % | 100 % |", "| :gray[top-p 1 (off)] | 50,257 | 100 % | 100 % |",
-        "| :gray[min-p 0 (off)] | 50,257 | 100 % | 100 % |"]
+        "| **raw logits** | 50,257 | 100% | 100% |", "| :gray[temperature 1 (off)] | 50,257 | 100% | 100% |",
+        "| :gray[top-k off] | 50,257 | 100% | 100% |", "| :gray[top-p 1 (off)] | 50,257 | 100% | 100% |",
+        "| :gray[min-p 0 (off)] | 50,257 | 100% | 100% |"]
     assert "Every effort moves you" in text_so_far(at)
     assert "| tokens in play | 50,257 | **50,257** |" in summary(at)
     assert len(at.dataframe[-1].value) == 10
@@ -97,7 +97,7 @@ def test_greedy_is_one_hot(at):
     filt = chart(at)["data"][1]["x"]
     assert filt == [1.0] + [0.0] * 10
     assert "| tokens in play | 50,257 | **1** |" in summary(at)
-    assert "| top choice | " in summary(at) and summary(at).endswith("| **100 %** |")
+    assert "| top choice | " in summary(at) and summary(at).endswith("| **100%** |")
     df = at.dataframe[-1].value
     assert df["status"].tolist() == ["kept"] + ["removed by greedy (T = 0)"] * 9
     assert [w.value for w in at.warning] == [

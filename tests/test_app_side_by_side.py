@@ -18,7 +18,7 @@ import core
 import ui.controls
 from ui import bridge
 from ui import side_by_side_view as view
-from ui.format import show_token
+from ui.format import show_token, visible_text
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
 PROMPT = "Every effort moves you"   # the sidebar's default
@@ -112,7 +112,7 @@ def test_generate_writes_the_continuation_into_every_column(at: AppTest, tiny: c
     assert len(bodies) == 3
     for body, texts in zip(bodies, expected_texts(tiny, [0.1, 1.0, 5.0], 12)):
         assert len(texts) == 12
-        assert visible(body) == PROMPT + view.readable_text("".join(texts))
+        assert visible(body) == PROMPT + visible_text("".join(texts))
     run = at.session_state["sbs_run"]
     assert run.complete and run.steps == 12 and len(run.uniforms) == 12
     assert any(c.value.startswith("12 tokens in ") for c in at.caption)
@@ -126,7 +126,7 @@ def test_equal_temperatures_give_identical_text(at: AppTest, tiny: core.Language
     generate(at, max_tokens=20)
     first, second = (visible(b) for b in boxes(at))
     assert first == second
-    assert first == PROMPT + view.readable_text("".join(expected_texts(tiny, [1.3], 20)[0]))
+    assert first == PROMPT + visible_text("".join(expected_texts(tiny, [1.3], 20)[0]))
     assert any(c.value.endswith("All columns chose the same 20 tokens.") for c in at.caption)
     assert not any("sbs-diverge" in b for b in boxes(at))
 
@@ -142,10 +142,10 @@ def test_the_first_divergence_is_marked_in_every_column(at: AppTest, tiny: core.
     assert any(f"The columns diverge at token {d + 1} (highlighted)" in c.value for c in at.caption)
     for body, texts in zip(boxes(at), run.texts):
         marked = re.findall(r'<mark data-testid="sbs-diverge"[^>]*>(.*?)</mark>', body)
-        assert marked == [html.escape(view.readable_text(texts[d]), quote=True)]
+        assert marked == [html.escape(visible_text(texts[d]), quote=True)]
         # Everything before the mark is the shared part.
         before = visible(body.split("<mark")[0])
-        assert before == PROMPT + view.readable_text("".join(texts[:d]))
+        assert before == PROMPT + visible_text("".join(texts[:d]))
 
 
 def test_invalid_temperature_shows_a_message_not_a_traceback(at: AppTest, tiny: core.LanguageModel) -> None:
@@ -159,7 +159,7 @@ def test_invalid_temperature_shows_a_message_not_a_traceback(at: AppTest, tiny: 
     assert not at.exception
     bodies = boxes(at)
     assert len(bodies) == 2
-    assert visible(bodies[0]) == PROMPT + view.readable_text("".join(expected_texts(tiny, [0.1], 5)[0]))
+    assert visible(bodies[0]) == PROMPT + visible_text("".join(expected_texts(tiny, [0.1], 5)[0]))
     assert any("the temperature above is not valid" in c.value for c in at.caption)
     table = at.dataframe[-1].value
     assert [c for c in table.columns if c.startswith("T =")] == ["T = 0.1", "T = 5"]
@@ -208,4 +208,4 @@ def test_sidebar_filters_apply_to_every_column(at: AppTest, tiny: core.LanguageM
     generate(at, max_tokens=8)
     texts = {visible(b) for b in boxes(at)}
     greedy = expected_texts(tiny, [0.0], 8)[0]
-    assert texts == {PROMPT + view.readable_text("".join(greedy))}
+    assert texts == {PROMPT + visible_text("".join(greedy))}

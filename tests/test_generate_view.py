@@ -185,11 +185,6 @@ def test_colour_by_raw_uses_raw_probability() -> None:
     assert 'text-decoration-style:wavy' in gv.token_span(step, "raw")
 
 
-def test_fmt_prob() -> None:
-    assert [gv.fmt_prob(p) for p in (1.0, 0.31, 0.0241, 0.00003, 1e-9, 0.0)] == \
-        ["100.0%", "31.0%", "2.41%", "0.003%", "<0.001%", "0%"]
-
-
 def test_legend_names_every_band() -> None:
     html = gv.legend_html("raw")
     assert all(gv.escape_html(name) in html for _, name, _ in gv.BANDS)
@@ -233,8 +228,6 @@ def test_settings_changes_and_labels(run: gv.Run) -> None:
     # "chat" asked of a model without a template ran as raw: not a change while the sidebar still says chat.
     assert gv.settings_changes(run, run.model_label, run.prompt, "chat", cfg, 6, asked_mode="chat") == []
     assert gv.settings_changes(run, run.model_label, run.prompt, "chat", cfg, 6) == ["prompt mode"]
-    assert gv.settings_label(cfg) == "temperature 1 · top-k 50 · top-p 0.9 · min-p off · seed 7"
-    assert gv.settings_label(SamplingConfig(temperature=0, seed=3)).startswith("temperature 0 (greedy)")
 
 
 def test_status_notes(run: gv.Run) -> None:

@@ -6,6 +6,7 @@ import torch
 
 import core
 from ui import side_by_side_view as view
+from ui.format import visible_text
 
 VOCAB = ["closer", "every", "effort", "forward", "inches", "moves", "pizza", "toward", "you"]
 BOOK_LOGITS = torch.tensor([4.51, 0.89, -1.90, 6.75, 1.63, -1.62, -1.89, 6.28, 1.79])
@@ -75,16 +76,14 @@ def test_distribution_figure_escapes_labels_and_shares_the_axis() -> None:
     assert fig.layout.yaxis.autorange == "reversed"
 
 
-def test_shared_x_max_and_percent() -> None:
+def test_shared_x_max() -> None:
     assert view.shared_x_max([[0.5, 0.1], [0.2]]) == pytest.approx(0.65)
     assert view.shared_x_max([[1.0]]) == pytest.approx(1.3)
-    assert [view.percent(p) for p in (0.0, 0.5, 0.0123, 0.00002, 3e-11)] == [
-        "0%", "50%", "1.2%", "0.002%", "3e-09%"]
 
 
 def test_column_summary() -> None:
     probs = torch.tensor([0.5, 0.25, 0.25, 0.0])
-    assert view.column_summary(probs, [0, 1]) == "entropy 1.50 bits · 3 tokens possible · top 2 hold 75%"
+    assert view.column_summary(probs, [0, 1]) == "entropy 1.50 bits · 3 tokens possible · top 2 hold 75.0%"
 
 
 # --- divergence and text ----------------------------------------------------------------------
@@ -120,8 +119,8 @@ def test_generation_run_collects_steps_and_finds_the_divergence() -> None:
                                             "the first 1 token is the same in every column.")
     table = view.steps_table(run)
     assert list(table.columns) == ["token", "shared u", "T = 0.1", "T = 5"]
-    assert table["T = 0.1"].tolist() == ["␣a  (50%)", "␣b  (50%)", "(ended)"]
-    assert table["T = 5"].tolist()[2] == "↵  (50%)"
+    assert table["T = 0.1"].tolist() == ["␣a  (50.0%)", "␣b  (50.0%)", "(ended)"]
+    assert table["T = 5"].tolist()[2] == "↵  (50.0%)"
 
 
 def test_divergence_caption_when_all_agree() -> None:
@@ -131,7 +130,7 @@ def test_divergence_caption_when_all_agree() -> None:
 
 
 def test_readable_text_and_prompt_tail() -> None:
-    assert view.readable_text("a\nb\x07\tc\r") == "a↵\nb\\x07\tc⏎"
+    assert visible_text("a\nb\x07\tc\r") == "a↵\nb\\x07\tc⏎"
     assert view.prompt_tail("x" * 70, 60) == "…" + "x" * 60
     assert view.prompt_tail("short") == "short"
 

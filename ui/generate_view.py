@@ -18,7 +18,7 @@ from plotly.subplots import make_subplots
 
 import core
 from core import Candidate, SamplingConfig, Step
-from ui.format import escape_html, show_token
+from ui.format import escape_html, fmt_prob, prompt_display, settings_label, show_token, visible_text
 
 RUN_FORMAT = "sampling-lab-run"
 RUN_VERSION = 1
@@ -73,20 +73,6 @@ class Run:
 
 # --- numbers and colours -----------------------------------------------------------------------
 
-def fmt_prob(p: float) -> str:
-    """A probability as a short percentage: "31.0%", "2.41%", "0.003%", "<0.001%"."""
-    pct = p * 100
-    if p <= 0:
-        return "0%"
-    if pct >= 10:
-        return f"{pct:.1f}%"
-    if pct >= 1:
-        return f"{pct:.2f}%"
-    if pct >= 0.001:
-        return f"{pct:.3g}%"
-    return "<0.001%"
-
-
 def band_of(p: float) -> int:
     """Index into BANDS for a probability."""
     return next(i for i, (low, _, _) in enumerate(BANDS) if p >= low)
@@ -138,23 +124,9 @@ _STYLE = """<style>
 
 
 def token_display(text: str) -> str:
-    """Inline display text of a token: spaces stay spaces, newlines show ↵ then break, controls as \\xNN.
-
-    An empty piece (the first bytes of a multi-byte character) shows as "∅" so every step has a span.
-    """
-    if text == "":
-        return "∅"
-    out = []
-    for ch in text:
-        if ch == "\n":
-            out.append("↵\n")
-        elif ch == "\t":
-            out.append(ch)
-        elif ord(ch) < 32 or ord(ch) == 127:
-            out.append(f"\\x{ord(ch):02x}")
-        else:
-            out.append(ch)
-    return "".join(out)
+    """Inline display text of a token; an empty piece (the first bytes of a multi-byte character) shows
+    as "∅" so every step has a span."""
+    return visible_text(text) or "∅"
 
 
 def step_title(step: Step, colour_by: str = "sampled", n_alternatives: int = 5) -> str:
@@ -179,9 +151,7 @@ def token_span(step: Step, colour_by: str = "sampled") -> str:
 
 
 def prompt_html(prompt: str, mode: str) -> str:
-    if mode == "chat":
-        return (f'<span class="sl-prompt">User: {escape_html(prompt)}\nAssistant: </span>')
-    return f'<span class="sl-prompt">{escape_html(prompt)}</span>'
+    return f'<span class="sl-prompt">{escape_html(prompt_display(prompt, mode))}</span>'
 
 
 def tokens_html(run: Run, colour_by: str = "sampled", streaming: bool = False) -> str:
@@ -211,14 +181,6 @@ def legend_html(colour_by: str = "sampled") -> str:
 
 
 # --- summary, chart, tables ----------------------------------------------------------------------
-
-def settings_label(cfg: SamplingConfig) -> str:
-    t = "temperature 0 (greedy)" if cfg.greedy else f"temperature {cfg.temperature:g}"
-    k = f"top-k {cfg.top_k}" if cfg.top_k else "top-k off"
-    p = f"top-p {cfg.top_p:g}" if cfg.top_p < 1 else "top-p off"
-    m = f"min-p {cfg.min_p:g}" if cfg.min_p > 0 else "min-p off"
-    return f"{t} · {k} · {p} · {m} · seed {cfg.seed}"
-
 
 def status_note(run: Run) -> tuple[str, str]:
     """(kind, message) describing how the run ended; kind is "info", "warning" or "success"."""

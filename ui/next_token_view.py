@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 import core
-from ui.format import escape_html, plotly_text, show_token, token_labels
+from ui.format import escape_html, fmt_prob, plotly_text, settings_label, show_token, token_labels, visible_text
 
 STEPS_KEY = "nt_steps"        # session_state: list of Pick dicts, one per appended token
 CONTEXT_KEY = "nt_context"    # session_state: (model, prompt, mode) the steps belong to
@@ -24,20 +24,6 @@ CONTEXT_KEY = "nt_context"    # session_state: (model, prompt, mode) the steps b
 RAW_COLOR = "#9fb7d6"
 FILTERED_COLOR = "#1f5fbf"
 REMOVED_COLOR = "#c4c4c4"
-
-
-# --- numbers for people ----------------------------------------------------------------------
-
-def fmt_prob(p: float) -> str:
-    """A probability as a percentage that never shows a kept token as "0.0 %"."""
-    if p <= 0:
-        return "0 %"
-    if p >= 0.999995:
-        return "100 %"
-    pct = p * 100
-    if pct >= 0.1:
-        return f"{pct:.1f} %"
-    return f"{pct:.2g} %"
 
 
 # --- the distribution, analysed once per rerun ------------------------------------------------
@@ -121,18 +107,6 @@ def status_text(stage: str | None, cfg: core.SamplingConfig) -> str:
         # T > 0 never removes a token on purpose: its probability underflowed float32.
         return f"rounds to 0 at T = {cfg.temperature:g}"
     return f"removed by {stage}"
-
-
-def settings_label(cfg: core.SamplingConfig) -> str:
-    """Short description of the active settings, e.g. "T = 0.7, top-p 0.9"."""
-    parts = ["T = 0 (greedy)" if cfg.greedy else f"T = {cfg.temperature:g}"]
-    if cfg.top_k:
-        parts.append(f"top-k {cfg.top_k}")
-    if cfg.top_p < 1:
-        parts.append(f"top-p {cfg.top_p:g}")
-    if cfg.min_p > 0:
-        parts.append(f"min-p {cfg.min_p:g}")
-    return ", ".join(parts)
 
 
 COLUMNS = ["rank", "token", "id", "logit", "raw probability", "filtered probability", "status", "text"]
@@ -404,22 +378,16 @@ def text_pieces(tokenizer: core.Tokenizer, ids: Sequence[int]) -> list[str]:
     return pieces
 
 
-def _visible(text: str) -> str:
-    """Control characters (NUL, ESC, ...) as \\xNN, so they show instead of vanishing; newlines and tabs stay."""
-    return "".join(f"\\x{ord(ch):02x}" if (ord(ch) < 32 and ch not in "\n\t") or ord(ch) == 127 else ch
-                   for ch in text)
-
-
 def text_so_far_html(prompt_text: str, pieces: Sequence[str]) -> str:
     """The prompt (dimmed) and the appended tokens (highlighted, alternating shades): every piece
     of text is escaped, because model and user text are untrusted."""
     spans = "".join(
         f'<span style="background:rgba(31,95,191,{0.16 if i % 2 == 0 else 0.30});border-radius:3px;'
-        f'padding:1px 0" title="step {i + 1}">{escape_html(_visible(p))}</span>' for i, p in enumerate(pieces))
+        f'padding:1px 0" title="step {i + 1}">{escape_html(visible_text(p))}</span>' for i, p in enumerate(pieces))
     return ('<div style="white-space:pre-wrap;word-break:break-word;font-family:ui-monospace,SFMono-Regular,'
             'Menlo,Consolas,monospace;font-size:0.95rem;line-height:1.6;padding:0.6rem 0.8rem;max-height:14rem;'
             'overflow-y:auto;border:1px solid rgba(128,128,128,0.35);border-radius:0.5rem">'
-            f'<span style="opacity:0.65">{escape_html(_visible(prompt_text))}</span>{spans}'
+            f'<span style="opacity:0.65">{escape_html(visible_text(prompt_text))}</span>{spans}'
             '<span style="opacity:0.5">▌</span></div>')
 
 

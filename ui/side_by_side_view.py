@@ -13,7 +13,8 @@ import torch
 from torch import Tensor
 
 import core
-from ui.format import escape_html, plotly_text, show_token, token_labels
+from ui.format import (escape_html, fmt_bits, fmt_prob, plotly_text, plural, settings_label, show_token, token_labels,
+                       visible_text)
 
 DEFAULT_TEMPERATURES: tuple[float, ...] = (0.1, 1.0, 5.0, 2.0)   # the book's 0.1, 1, 5, then one more
 COLORS: tuple[str, ...] = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd")
@@ -54,15 +55,7 @@ def column_specs(temperatures: Sequence[float], base: core.SamplingConfig) -> li
 
 def filters_caption(cfg: core.SamplingConfig) -> str:
     """What the sidebar applies to every column, in words."""
-    parts = []
-    if cfg.top_k:
-        parts.append(f"top-k {cfg.top_k}")
-    if cfg.top_p != 1:
-        parts.append(f"top-p {cfg.top_p:g}")
-    if cfg.min_p != 0:
-        parts.append(f"min-p {cfg.min_p:g}")
-    filters = " · ".join(parts) if parts else "no filters (top-k, top-p and min-p are off)"
-    return (f"From the sidebar, for every column: {filters} · seed {cfg.seed}. "
+    return (f"From the sidebar, for every column: {settings_label(cfg, temperature=False, seed=True)}. "
             "The sidebar's temperature slider is not used here: each column sets its own.")
 
 
@@ -82,7 +75,7 @@ def distribution_figure(labels: Sequence[str], probs: Sequence[float], x_max: fl
     safe = [plotly_text(label) for label in labels]
     fig = go.Figure(go.Bar(
         x=list(probs), y=safe, orientation="h", marker_color=color,
-        text=[percent(p) for p in probs], textposition="outside", cliponaxis=False,
+        text=[fmt_prob(p) for p in probs], textposition="outside", cliponaxis=False,
         hovertemplate="%{y}: %{x:.4%}<extra></extra>",
     ))
     fig.update_layout(
@@ -99,24 +92,13 @@ def shared_x_max(prob_rows: Sequence[Sequence[float]]) -> float:
     return min(1.0, top) * 1.3 or 1.0
 
 
-def percent(p: float) -> str:
-    """A probability as a short percentage that never rounds a non-zero value to "0%"."""
-    if p == 0:
-        return "0%"
-    if p >= 0.1:
-        return f"{p:.0%}"
-    if p >= 0.001:
-        return f"{p:.1%}"
-    return f"{p * 100:.2g}%"
-
-
 def column_summary(probs: Tensor, shown_ids: Sequence[int]) -> str:
     """Entropy and how much probability the shown tokens hold, for the caption under a chart."""
     bits = float(core.entropy(probs))
     kept = int((probs > 0).sum())
     shown = float(probs[list(shown_ids)].sum())
-    return (f"entropy {bits:.2f} bits · {kept:,} tokens possible · "
-            f"top {len(shown_ids)} hold {percent(min(shown, 1.0))}")
+    return (f"entropy {fmt_bits(bits)} · {plural(kept, 'token')} possible · "
+            f"top {len(shown_ids)} hold {fmt_prob(min(shown, 1.0))}")
 
 
 # --- streamed generation ----------------------------------------------------------------------
@@ -188,21 +170,6 @@ def divergence_caption(run: GenerationRun) -> str:
             f"token{'s are' if i != 1 else ' is'} the same in every column.")
 
 
-def readable_text(text: str) -> str:
-    """Model text made visible as plain text: "↵" before each line break, control characters as \\xNN."""
-    out = []
-    for ch in text:
-        if ch == "\n":
-            out.append("↵\n")
-        elif ch == "\r":
-            out.append("⏎")
-        elif ch != "\t" and (ord(ch) < 32 or ord(ch) == 127):
-            out.append(f"\\x{ord(ch):02x}")
-        else:
-            out.append(ch)
-    return "".join(out)
-
-
 def prompt_tail(prompt: str, max_chars: int = 60) -> str:
     """The end of the prompt, to show what the continuation follows."""
     return prompt if len(prompt) <= max_chars else "…" + prompt[-max_chars:]
@@ -216,9 +183,9 @@ _MARK = "background:#ffd54f;color:#000;border-radius:3px;padding:0 2px;outline:1
 def continuation_html(prompt: str, texts: Sequence[str], color: str, highlight: int | None = None,
                       finished: str | None = None, cursor: bool = False) -> str:
     """The prompt's tail in grey, then the generated tokens; every piece of model or user text is escaped."""
-    parts = [f'<span style="opacity:0.55">{escape_html(readable_text(prompt_tail(prompt)))}</span>']
+    parts = [f'<span style="opacity:0.55">{escape_html(visible_text(prompt_tail(prompt)))}</span>']
     for i, text in enumerate(texts):
-        piece = escape_html(readable_text(text))
+        piece = escape_html(visible_text(text))
         if i == highlight:
             piece = (f'<mark data-testid="sbs-diverge" style="{_MARK}" '
                      f'title="the columns diverge here">{piece or "∅"}</mark>')
@@ -234,7 +201,7 @@ def steps_table(run: GenerationRun) -> pd.DataFrame:
     """Step by step: the shared random number and what each column drew with it."""
     data: dict[str, list] = {"token": list(range(1, run.steps + 1)), "shared u": [round(u, 4) for u in run.uniforms]}
     for name, texts, probs in zip(run.names, run.texts, run.probs):
-        cells = [f"{show_token(t)}  ({percent(p)})" for t, p in zip(texts, probs)]
+        cells = [f"{show_token(t)}  ({fmt_prob(p)})" for t, p in zip(texts, probs)]
         data[name] = cells + ["(ended)"] * (run.steps - len(cells))
     return pd.DataFrame(data)
 
