@@ -9,6 +9,7 @@ import streamlit as st
 import core
 from ui import bridge
 from ui.format import plain_text_for_markdown
+from ui.model_view import load_error_message
 
 MODELS: dict[str, str] = {
     "SmolLM2-135M-Instruct (bundled)": "smollm2",
@@ -32,6 +33,7 @@ class Settings:
     mode: str                # "raw" or "chat"
     prompt: str
     sampling: core.SamplingConfig
+    model_name: str = ""     # how the user knows the model: the uploaded file's name, the typed path, or the label
 
 
 def _model_choices() -> dict[str, str]:
@@ -40,18 +42,19 @@ def _model_choices() -> dict[str, str]:
     return MODELS
 
 
-def _local_checkpoint() -> str | None:
+def _local_checkpoint() -> tuple[str | None, str]:
+    """(source for bridge.get_model, the name the user gave it)."""
     path = st.sidebar.text_input("Checkpoint path", key="ckpt_path",
                                  help="A Hugging Face GPT-2 folder, a .safetensors file or the book's model.pth")
     upload = st.sidebar.file_uploader("…or upload .pth / .safetensors", type=["pth", "pt", "safetensors"],
                                       key="ckpt_upload")
     if upload is not None:
         try:
-            return bridge.save_upload(upload.name, upload.getvalue())
+            return bridge.save_upload(upload.name, upload.getvalue()), upload.name
         except (core.WeightsError, OSError) as e:
             st.sidebar.error(plain_text_for_markdown(str(e)))   # names the user's file: shown literally
-            return None
-    return path.strip() or None
+            return None, upload.name
+    return path.strip() or None, path.strip()
 
 
 def render_sidebar() -> Settings:
@@ -61,8 +64,9 @@ def render_sidebar() -> Settings:
     choices = _model_choices()
     label = sb.selectbox("Model", list(choices), key="model_label")
     source: str | None = choices[label]
+    name = label
     if source == "local":
-        source = _local_checkpoint()
+        source, name = _local_checkpoint()
     mode = sb.radio("Prompt mode", ["raw", "chat"], key="prompt_mode", horizontal=True,
                     format_func={"raw": "Raw text", "chat": "Chat (instruct template)"}.get,
                     help="Chat wraps your text in the model's chat template (SmolLM2 only).")
@@ -81,7 +85,7 @@ def render_sidebar() -> Settings:
     sb.caption("Order: temperature → top-k → top-p → min-p (as in Hugging Face transformers).")
     cfg = core.SamplingConfig(temperature=float(t), top_k=int(k) or None, top_p=float(p), min_p=float(mp),
                               seed=int(seed))
-    return Settings(model=source, model_label=label, mode=mode, prompt=prompt, sampling=cfg)
+    return Settings(model=source, model_label=label, mode=mode, prompt=prompt, sampling=cfg, model_name=name)
 
 
 def settings() -> Settings:
@@ -106,8 +110,9 @@ def require_model(s: Settings) -> core.LanguageModel:
         with st.spinner(f"Loading {s.model_label}…"):
             lm = bridge.get_model(s.model, progress)
     except (core.ModelUnavailableError, core.WeightsError, core.TokenizerError, FileNotFoundError, ValueError) as e:
-        # The message quotes a user-typed path or file content: Markdown must show it literally.
-        st.error(f"Could not load **{s.model_label}**: {plain_text_for_markdown(str(e))}", icon="⚠️")
+        # The message quotes a user-typed path or file name: Markdown must show it literally.
+        message = load_error_message(e, s.model, s.model_name or s.model_label, s.model_label)
+        st.error(plain_text_for_markdown(message), icon="⚠️")
         st.stop()
     if bar is not None:
         bar.empty()
