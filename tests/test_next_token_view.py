@@ -236,6 +236,33 @@ def test_continuation_state():
     assert view.steps(state) == []
 
 
+def test_context_changes_shelve_the_continuation_never_drop_it():
+    state: dict = {}
+    a = view.analyze(SMALL, core.SamplingConfig())
+
+    class Tok:
+        @staticmethod
+        def token_text(i: int) -> str:
+            return f"t{i}"
+
+    view.sync_context(state, ("m", "p", "raw"))
+    view.on_choose(state, a, Tok, token_id=3)
+    view.sync_context(state, ("m2", "p", "raw"))          # another model: set aside, offered back
+    assert view.appended_ids(state) == []
+    aside = view.set_aside(state)
+    assert aside is not None and aside.context == ("m", "p", "raw") and [p.token_id for p in aside.picks] == [3]
+    assert "You changed the model" in aside.describe(("m2", "p", "raw"))
+    view.carry_over(state)                                  # not across models: token ids differ
+    assert view.appended_ids(state) == []
+    view.sync_context(state, ("m", "p", "raw"))             # back to the first model: the token is back
+    assert view.appended_ids(state) == [3] and view.set_aside(state) is None
+    view.sync_context(state, ("m", "p!", "raw"))
+    shelf_before = state[view.SHELF_KEY]
+    view.carry_over(state)
+    assert view.appended_ids(state) == [3] and view.set_aside(state) is None
+    assert ("m", "p", "raw") in shelf_before, "carry_over must not mutate the stored shelf"
+
+
 def test_text_pieces_keep_split_characters_whole_and_html_is_escaped(tiny):
     tok = tiny.tokenizer
     ids = tok.encode(" 🎲<b>x</b>")
