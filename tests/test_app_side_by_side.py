@@ -69,7 +69,8 @@ def generate(at: AppTest, max_tokens: int = 30) -> AppTest:
 def expected_texts(lm: core.LanguageModel, temps: list[float], n: int, **filters: object) -> list[list[str]]:
     cfgs = [core.SamplingConfig(temperature=t, seed=123, **filters) for t in temps]
     out: list[list[str]] = [[] for _ in temps]
-    for steps in core.generate_many(lm, lm.tokenizer.encode(PROMPT), cfgs, n, seed=123):
+    # raw prompt: the page continues past the end-of-text token by default
+    for steps in core.generate_many(lm, lm.tokenizer.encode(PROMPT), cfgs, n, seed=123, stop_at_eos=False):
         for i, step in enumerate(steps):
             if step is not None:
                 out[i].append(step.text)
@@ -115,10 +116,10 @@ def test_generate_writes_the_continuation_into_every_column(at: AppTest, tiny: c
         assert visible(body) == PROMPT + visible_text("".join(texts))
     run = at.session_state["sbs_run"]
     assert run.complete and run.steps == 12 and len(run.uniforms) == 12
-    assert any(c.value.startswith("12 tokens in ") for c in at.caption)
+    assert any(c.value.startswith("Generated 12 tokens \\(the limit was 12\\) in ") for c in at.caption)
     table = at.dataframe[0].value
-    assert list(table.columns) == ["token", "shared u", "T = 0.1", "T = 1", "T = 5"]
-    assert table["shared u"].tolist() == [round(u, 4) for u in run.uniforms]
+    assert list(table.columns) == ["step", view.RANDOM_COLUMN, "T = 0.1", "T = 1", "T = 5"]
+    assert table[view.RANDOM_COLUMN].tolist() == [round(u, 4) for u in run.uniforms]
 
 
 def test_equal_temperatures_give_identical_text(at: AppTest, tiny: core.LanguageModel) -> None:
@@ -127,7 +128,7 @@ def test_equal_temperatures_give_identical_text(at: AppTest, tiny: core.Language
     first, second = (visible(b) for b in boxes(at))
     assert first == second
     assert first == PROMPT + visible_text("".join(expected_texts(tiny, [1.3], 20)[0]))
-    assert any(c.value.endswith("All columns chose the same 20 tokens.") for c in at.caption)
+    assert any(c.value.replace("\\", "").endswith("All columns chose the same 20 tokens.") for c in at.caption)
     assert not any("sbs-diverge" in b for b in boxes(at))
 
 
@@ -136,10 +137,10 @@ def test_the_first_divergence_is_marked_in_every_column(at: AppTest, tiny: core.
     set_columns(at, 0.0, 0.012)
     generate(at, max_tokens=30)
     run = at.session_state["sbs_run"]
-    assert run.texts == expected_texts(tiny, [0.0, 0.012], 30)
+    assert [list(t) for t in run.texts] == expected_texts(tiny, [0.0, 0.012], 30)
     d = view.first_divergence(run.ids)
     assert d == 17
-    assert any(f"The columns diverge at token {d + 1} (highlighted)" in c.value for c in at.caption)
+    assert any(f"The columns part ways at token {d + 1} \\(highlighted\\)" in c.value for c in at.caption)
     for body, texts in zip(boxes(at), run.texts):
         marked = re.findall(r'<mark data-testid="sbs-diverge"[^>]*>(.*?)</mark>', body)
         assert marked == [html.escape(visible_text(texts[d]), quote=True)]

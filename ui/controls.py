@@ -143,6 +143,22 @@ def prompt_mode(s: Settings, lm: core.LanguageModel) -> str:
     return s.mode if lm.has_chat else "raw"
 
 
+def continue_past_end(where, mode: str, key: str) -> bool:
+    """The "continue past the end-of-text token" switch: on by default for raw text (an instruct model
+    ends a plain sentence after a few tokens), off in chat (where the end token closes the answer)."""
+    return bool(where.toggle("Continue past the end-of-text token", value=mode == "raw", key=f"{key}_{mode}",
+                             help="An instruct model often ends raw text after a few tokens with its end "
+                                  "token (<|im_end|>). On: the end token is shown and generation goes on."))
+
+
+def chat_temperature_hint(s: Settings, mode: str) -> str | None:
+    """A nudge where the defaults give poor chat: a 135M model answers sensibly only when fairly cold."""
+    if mode == "chat" and s.sampling.temperature > 0.7:
+        return (f"Chat at temperature {s.sampling.temperature:g} often rambles with a model this small: "
+                "try 0.2–0.5 in the sidebar for a sensible answer.")
+    return None
+
+
 def template_expander(lm: core.LanguageModel, ids: tuple[int, ...], mode: str) -> None:
     """In chat mode the pages show "User: … / Assistant:"; the exact template text is one click away."""
     if mode == "chat":

@@ -5,7 +5,7 @@ No Streamlit import, so every function here is unit-testable on plain tensors an
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 
 import pandas as pd
 import plotly.graph_objects as go
@@ -19,6 +19,9 @@ from ui.format import (escape_html, fmt_bits, fmt_prob, plotly_text, plural, set
 DEFAULT_TEMPERATURES: tuple[float, ...] = (0.1, 1.0, 5.0, 2.0)   # the book's 0.1, 1, 5, then one more
 COLORS: tuple[str, ...] = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd")
 N_DRAWS = 1000                                                     # the book's experiment size
+RANDOM_COLUMN = "random number (same for every column)"
+# Why a column stopped early, in plain words (core's Step.finished; "length" is said once, in the status line).
+STOP_REASONS = {"eos": "stopped: the model wrote its end-of-text token"}
 CRN_SENTENCE = ("Every column uses the same random number at each step (common random numbers), "
                 "so any difference between the columns comes from the temperature, not from luck.")
 
@@ -103,38 +106,42 @@ def column_summary(probs: Tensor, shown_ids: Sequence[int]) -> str:
 
 # --- streamed generation ----------------------------------------------------------------------
 
-@dataclass
+@dataclass(frozen=True)
 class GenerationRun:
-    """Tokens generated so far for each valid column; kept in session state so Stop keeps them."""
+    """Tokens generated so far for each valid column; kept in session state so Stop keeps them.
+
+    Frozen: each step gives a new run (session state values are replaced, never mutated in place).
+    """
 
     key: tuple                                          # settings it was made with; stale when they change
-    names: list[str]                                    # ColumnSpec.name of each generated column
-    ids: list[list[int]] = field(default_factory=list)
-    texts: list[list[str]] = field(default_factory=list)
-    probs: list[list[float]] = field(default_factory=list)
-    finished: list[str | None] = field(default_factory=list)
-    uniforms: list[float] = field(default_factory=list)
+    names: tuple[str, ...]                              # ColumnSpec.name of each generated column
+    ids: tuple[tuple[int, ...], ...] = ()
+    texts: tuple[tuple[str, ...], ...] = ()
+    probs: tuple[tuple[float, ...], ...] = ()
+    finished: tuple[str | None, ...] = ()
+    uniforms: tuple[float, ...] = ()
     complete: bool = False
     seconds: float = 0.0
 
-    def __post_init__(self) -> None:
-        n = len(self.names)
-        self.ids = self.ids or [[] for _ in range(n)]
-        self.texts = self.texts or [[] for _ in range(n)]
-        self.probs = self.probs or [[] for _ in range(n)]
-        self.finished = self.finished or [None] * n
+    @classmethod
+    def start(cls, key: tuple, names: Sequence[str]) -> GenerationRun:
+        n = len(names)
+        return cls(key, tuple(names), ((),) * n, ((),) * n, ((),) * n, (None,) * n)
 
-    def add(self, steps: Sequence[core.Step | None]) -> None:
-        """Append one step of generate_many (None marks a column that already finished)."""
+    def add(self, steps: Sequence[core.Step | None], seconds: float = 0.0) -> GenerationRun:
+        """This run plus one step of generate_many (None marks a column that already finished)."""
         uniform = next(s.uniform for s in steps if s is not None)
-        self.uniforms.append(uniform)
-        for i, step in enumerate(steps):
-            if step is None:
-                continue
-            self.ids[i].append(step.token_id)
-            self.texts[i].append(step.text)
-            self.probs[i].append(step.prob)
-            self.finished[i] = step.finished
+
+        def grow(old: tuple, value) -> tuple:
+            return tuple(col if st is None else (*col, value(st)) for col, st in zip(old, steps))
+
+        return replace(self, ids=grow(self.ids, lambda st: st.token_id), texts=grow(self.texts, lambda st: st.text),
+                       probs=grow(self.probs, lambda st: st.prob),
+                       finished=tuple(f if st is None else st.finished for f, st in zip(self.finished, steps)),
+                       uniforms=(*self.uniforms, uniform), seconds=seconds or self.seconds)
+
+    def done(self) -> GenerationRun:
+        return replace(self, complete=True)
 
     @property
     def steps(self) -> int:
@@ -158,16 +165,22 @@ def first_divergence(token_lists: Sequence[Sequence[int]]) -> int | None:
 
 
 def divergence_caption(run: GenerationRun) -> str:
-    """One sentence about where the columns part ways."""
+    """Where the columns part ways, and which columns chose what there (columns may agree in groups)."""
     if len(run.names) < 2 or run.steps == 0:
         return ""
     i = run.divergence
     if i is None:
-        return f"All columns chose the same {run.steps} token{'s' if run.steps != 1 else ''}."
-    if i == 0:
-        return "The columns diverge at token 1 (highlighted): they differ from the very first choice."
-    return (f"The columns diverge at token {i + 1} (highlighted): the first {i} "
-            f"token{'s are' if i != 1 else ' is'} the same in every column.")
+        return f"All columns chose the same {plural(run.steps, 'token')}."
+    groups: dict[int | None, list[str]] = {}
+    for name, ids in zip(run.names, run.ids):
+        groups.setdefault(ids[i] if i < len(ids) else None, []).append(name)
+    text_of = {tid: visible_text(run.texts[run.ids.index(ids)][i]) for ids in run.ids if i < len(ids)
+               for tid in [ids[i]]}
+    parts = [f"{' and '.join(names)} had already ended" if tid is None else
+             f"{' and '.join(names)} chose “{text_of[tid]}”" for tid, names in groups.items()]
+    same = ("" if i == 0 else
+            f"; the first {plural(i, 'token')} {'are' if i != 1 else 'is'} the same in every column")
+    return f"The columns part ways at token {i + 1} (highlighted){same}: {'; '.join(parts)}."
 
 
 def prompt_tail(prompt: str, max_chars: int = 60) -> str:
@@ -192,14 +205,26 @@ def continuation_html(prompt: str, texts: Sequence[str], color: str, highlight: 
         parts.append(f'<span style="color:{color}">{piece}</span>' if piece else "")
     if cursor:
         parts.append('<span style="opacity:0.5">▌</span>')
-    if finished == "eos":
-        parts.append(' <span style="opacity:0.6;font-size:0.8rem">[end of text]</span>')
+    if finished in STOP_REASONS:
+        parts.append(f' <span style="opacity:0.6;font-size:0.8rem">[{escape_html(STOP_REASONS[finished])}]</span>')
     return f'<div data-testid="sbs-text" style="{_BOX}">{"".join(parts)}</div>'
+
+
+def run_status(run: GenerationRun, max_new: int) -> str:
+    """Why the run ended, in plain words, then where the columns part ways."""
+    if not run.complete:
+        head = f"Stopped after {plural(run.steps, 'token')} (Stop button or a change of setting)."
+    elif all(f == "eos" for f in run.finished):
+        head = f"Every column ended with the model's end-of-text token, after {plural(run.steps, 'step')}."
+    else:
+        head = f"Generated {plural(run.steps, 'token')} (the limit was {max_new}) in {run.seconds:.1f} s."
+    return f"{head} {divergence_caption(run)}".strip()
 
 
 def steps_table(run: GenerationRun) -> pd.DataFrame:
     """Step by step: the shared random number and what each column drew with it."""
-    data: dict[str, list] = {"token": list(range(1, run.steps + 1)), "shared u": [round(u, 4) for u in run.uniforms]}
+    data: dict[str, list] = {"step": list(range(1, run.steps + 1)),
+                             RANDOM_COLUMN: [round(u, 4) for u in run.uniforms]}
     for name, texts, probs in zip(run.names, run.texts, run.probs):
         cells = [f"{show_token(t)}  ({fmt_prob(p)})" for t, p in zip(texts, probs)]
         data[name] = cells + ["(ended)"] * (run.steps - len(cells))
