@@ -3,10 +3,9 @@ import functools
 
 import streamlit as st
 
-import core
 from ui import bridge
 from ui import next_token_view as view
-from ui.controls import (current_settings, prompt_mode, require_model, require_prompt_ids, settings,
+from ui.controls import (LOAD_ERRORS, current_settings, prompt_mode, require_model, require_prompt_ids, settings,
                          template_expander)
 from ui.format import fmt_prob, plain_text_for_markdown, prompt_display, show_token, with_prob_text
 
@@ -21,7 +20,7 @@ def _act(kind: str) -> None:
         return   # the page run that follows says why
     try:
         lm = bridge.get_model(s.model)
-    except (core.ModelUnavailableError, core.WeightsError, core.TokenizerError, FileNotFoundError, ValueError):
+    except LOAD_ERRORS:
         return   # require_model names the problem on the page run that follows
     ids = bridge.encode_prompt(s.model, s.prompt, prompt_mode(s, lm))
     a = view.current_analysis(st.session_state, (s.model, s.prompt, s.mode), ids,

@@ -112,11 +112,13 @@ def settings() -> Settings:
     return st.session_state["_settings"]
 
 
-def require_model(s: Settings) -> core.LanguageModel:
-    """The chosen model, loaded once per process; on failure a plain message and the page stops."""
+LOAD_ERRORS = (core.ModelUnavailableError, core.WeightsError, core.TokenizerError, FileNotFoundError, ValueError)
+
+
+def load_model(s: Settings) -> tuple[core.LanguageModel | None, str | None]:
+    """(model, None), or (None, what went wrong in plain words): loaded once per process by the bridge."""
     if s.model is None:
-        st.info("Choose a checkpoint in the sidebar: a path or an upload.")
-        st.stop()
+        return None, "Choose a checkpoint in the sidebar: a path or an upload."
     bar = None
 
     def progress(done: int, total: int | None) -> None:
@@ -128,13 +130,24 @@ def require_model(s: Settings) -> core.LanguageModel:
     try:
         with st.spinner(f"Loading {s.model_label}…"):
             lm = bridge.get_model(s.model, progress)
-    except (core.ModelUnavailableError, core.WeightsError, core.TokenizerError, FileNotFoundError, ValueError) as e:
-        # The message quotes a user-typed path or file name: Markdown must show it literally.
-        message = load_error_message(e, s.model, s.model_name or s.model_label, s.model_label)
-        st.error(plain_text_for_markdown(message), icon="⚠️")
+    except LOAD_ERRORS as e:
+        return None, load_error_message(e, s.model, s.model_name or s.model_label, s.model_label)
+    finally:
+        if bar is not None:
+            bar.empty()
+    return lm, None
+
+
+def require_model(s: Settings) -> core.LanguageModel:
+    """The chosen model; on failure a plain message and the page stops."""
+    lm, problem = load_model(s)
+    if lm is None:
+        if s.model is None:
+            st.info(problem)
+        else:
+            # The message quotes a user-typed path or file name: Markdown must show it literally.
+            st.error(plain_text_for_markdown(problem), icon="⚠️")
         st.stop()
-    if bar is not None:
-        bar.empty()
     return lm
 
 
