@@ -10,7 +10,7 @@ import streamlit as st
 import core
 from ui import bridge
 from ui.format import plain_text_for_markdown
-from ui.model_view import load_error_message
+from ui.model_view import HUB_MODELS, load_error_message
 
 MODELS: dict[str, str] = {
     "SmolLM2-135M-Instruct (bundled)": "smollm2",
@@ -112,6 +112,17 @@ def settings() -> Settings:
     return st.session_state["_settings"]
 
 
+def loading_message(s: Settings) -> str:
+    """What the app is doing while a model loads (only the first session of a process waits for it)."""
+    if s.model == "smollm2":
+        return (f"Loading {s.model_label}. The first start after installing converts its 4-bit weights to "
+                "float32 and caches them (about 15–20 s, once per machine); later starts read that cache in a "
+                "few seconds.")
+    if s.model in HUB_MODELS:
+        return f"Loading {s.model_label}: from this machine's Hugging Face cache, or downloading it first."
+    return f"Loading {s.model_name or s.model_label}…"
+
+
 LOAD_ERRORS = (core.ModelUnavailableError, core.WeightsError, core.TokenizerError, FileNotFoundError, ValueError)
 
 
@@ -128,7 +139,8 @@ def load_model(s: Settings) -> tuple[core.LanguageModel | None, str | None]:
             bar.progress(min(done / total, 1.0), text=f"Downloading weights… {done / 1e6:.0f} / {total / 1e6:.0f} MB")
 
     try:
-        with st.spinner(f"Loading {s.model_label}…"):
+        # show_time: the spinner counts the seconds, so a long first start visibly makes progress.
+        with st.spinner(loading_message(s), show_time=True):
             lm = bridge.get_model(s.model, progress)
     except LOAD_ERRORS as e:
         return None, load_error_message(e, s.model, s.model_name or s.model_label, s.model_label)
