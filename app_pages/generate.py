@@ -112,14 +112,14 @@ st.caption("Watch the model write, one token at a time. Each token is coloured b
 lm, problem = load_model(s) if gv.take_command(state) == "generate" else (None, None)
 generating = lm is not None and bool(s.prompt.strip())
 
-c_max, c_colour = st.columns([1, 2])
+c_max, c_colour, c_end = st.columns([1, 1.6, 1.4], vertical_alignment="bottom")
 max_new = int(c_max.number_input("Max new tokens", 1, 1000, state.get("gen_max_saved", 60), 10,
                                   key="gen_max_tokens"))
 state["gen_max_saved"] = max_new   # page widgets are forgotten on page switch; keep the value
 colour_by = c_colour.radio("Colour tokens by", list(gv.COLOUR_BY), key="gen_colour_by", horizontal=True,
                            format_func={"sampled": "probability after filters", "raw": "raw probability"}.get)
 mode = s.mode if lm is None else prompt_mode(s, lm)
-past_end = continue_past_end(st, s.mode, "gen_past_end")   # keyed by the asked mode: stable between runs
+past_end = continue_past_end(c_end, s.mode, "gen_past_end")   # keyed by the asked mode: stable between runs
 if hint := chat_temperature_hint(s, mode):
     st.caption(hint)
 b1, b2, b3, _ = st.columns([1, 1.4, 1, 2.6])

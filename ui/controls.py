@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import streamlit as st
+from streamlit.delta_generator import DeltaGenerator
 
 import core
 from ui import bridge
@@ -116,8 +117,7 @@ def loading_message(s: Settings) -> str:
     """What the app is doing while a model loads (only the first session of a process waits for it)."""
     if s.model == "smollm2":
         return (f"Loading {s.model_label}. The first start after installing converts its 4-bit weights to "
-                "float32 and caches them (about 15–20 s, once per machine); later starts read that cache in a "
-                "few seconds.")
+                "float32 and caches them, which takes a while, once per machine; later starts read that cache.")
     if s.model in HUB_MODELS:
         return f"Loading {s.model_label}: from this machine's Hugging Face cache, or downloading it first."
     return f"Loading {s.model_name or s.model_label}…"
@@ -168,7 +168,7 @@ def prompt_mode(s: Settings, lm: core.LanguageModel) -> str:
     return s.mode if lm.has_chat else "raw"
 
 
-def continue_past_end(where, mode: str, key: str) -> bool:
+def continue_past_end(where: DeltaGenerator, mode: str, key: str) -> bool:
     """The "continue past the end-of-text token" switch: on by default for raw text (an instruct model
     ends a plain sentence after a few tokens), off in chat (where the end token closes the answer)."""
     return bool(where.toggle("Continue past the end-of-text token", value=mode == "raw", key=f"{key}_{mode}",

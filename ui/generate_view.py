@@ -208,7 +208,7 @@ def prompt_html(prompt: str, mode: str) -> str:
 
 def tokens_html(run: Run, colour_by: str = "sampled", streaming: bool = False) -> str:
     """The prompt (dimmed) plus every generated token as a coloured, underlined span with a tooltip."""
-    ends = set(run.eos_ids)
+    ends = set() if run.stop_at_eos else set(run.eos_ids)   # marked only where generation went on past one
     spans = "".join(token_span(s, colour_by, s.token_id in ends) for s in run.steps)
     cursor = '<span class="sl-cursor">▍</span>' if streaming else ""
     box = f'<div class="sl-gen">{prompt_html(run.prompt, run.prompt_mode)}{spans}{cursor}</div>'

@@ -132,7 +132,7 @@ class GenerationRun:
         """This run plus one step of generate_many (None marks a column that already finished)."""
         uniform = next(s.uniform for s in steps if s is not None)
 
-        def grow(old: tuple, value) -> tuple:
+        def grow(old: tuple, value: Callable[[core.Step], object]) -> tuple:
             return tuple(col if st is None else (*col, value(st)) for col, st in zip(old, steps))
 
         return replace(self, ids=grow(self.ids, lambda st: st.token_id), texts=grow(self.texts, lambda st: st.text),
@@ -171,13 +171,11 @@ def divergence_caption(run: GenerationRun) -> str:
     i = run.divergence
     if i is None:
         return f"All columns chose the same {plural(run.steps, 'token')}."
-    groups: dict[int | None, list[str]] = {}
-    for name, ids in zip(run.names, run.ids):
-        groups.setdefault(ids[i] if i < len(ids) else None, []).append(name)
-    text_of = {tid: visible_text(run.texts[run.ids.index(ids)][i]) for ids in run.ids if i < len(ids)
-               for tid in [ids[i]]}
-    parts = [f"{' and '.join(names)} had already ended" if tid is None else
-             f"{' and '.join(names)} chose “{text_of[tid]}”" for tid, names in groups.items()]
+    groups: dict[tuple[int, str] | None, list[str]] = {}   # (token id, its text) or None once ended
+    for name, ids, texts in zip(run.names, run.ids, run.texts):
+        groups.setdefault((ids[i], texts[i]) if i < len(ids) else None, []).append(name)
+    parts = [f"{' and '.join(names)} had already ended" if chose is None else
+             f"{' and '.join(names)} chose “{visible_text(chose[1])}”" for chose, names in groups.items()]
     same = ("" if i == 0 else
             f"; the first {plural(i, 'token')} {'are' if i != 1 else 'is'} the same in every column")
     return f"The columns part ways at token {i + 1} (highlighted){same}: {'; '.join(parts)}."
