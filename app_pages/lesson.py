@@ -16,7 +16,7 @@ EXPERIMENTS = [
 EXPLANATIONS = [
     "**Scores (logits).** The model rates every word: higher means “fits better here”. "
     "Scores can be negative.",
-    "**Softmax.** Turns scores into chances that add up to 100 %. "
+    "**Softmax.** Turns scores into chances that add up to 100%. "
     "One point more score makes a word about 2.7× as likely.",
     "**Temperature.** Divides every score before softmax. Below 1 the favourite wins more often; "
     "above 1 surprises get likelier; 0 always takes the favourite.",

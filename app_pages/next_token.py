@@ -113,7 +113,7 @@ def distribution(a: view.Analysis) -> None:
             st.warning(warning, icon=":material/info:")
         st.markdown(view.summary_markdown(a))
         st.caption("Mass kept: the probability (after temperature) that the surviving tokens held; raw mass: the "
-                   "same tokens under the model's own distribution. Sample renormalises the survivors to 100 %. "
+                   "same tokens under the model's own distribution. Sample renormalises the survivors to 100%. "
                    "Entropy: 0 bits = one possible token; n bits ≈ as unsure as 2ⁿ equally likely tokens.")
 
     st.dataframe(with_prob_text(table, ["raw probability", "filtered probability"]), hide_index=True,

@@ -127,12 +127,12 @@ def top_k_note(top_k: int, temperature: float = 1.0) -> str:
     if top_k >= len(WORDS):
         if temperature == 0:
             return (f"Top-k {len(WORDS)}: top-k is off, but temperature 0 already leaves only “{top}”: "
-                    "the other words get 0 %.")
+                    "the other words get 0%.")
         return f"Top-k {len(WORDS)}: all {len(WORDS)} words stay in the running (top-k is off)."
     kept = ", ".join(f"“{WORDS[i]}”" for i in ORDER[:top_k])
     if top_k == 1:
         return f"Top-k 1: only {kept} is left, so it wins every time, whatever the temperature."
     if temperature == 0:
         return (f"Top-k {top_k}: only {kept} can be picked, and temperature 0 then takes “{top}” every time; "
-                "the other words are cut to 0 %.")
-    return f"Top-k {top_k}: only {kept} can be picked; the other words are cut to 0 %."
+                "the other words are cut to 0%.")
+    return f"Top-k {top_k}: only {kept} can be picked; the other words are cut to 0%."
