@@ -31,7 +31,7 @@ def fmt_prob(p: float) -> str:
     if pct >= 0.1:
         return f"{pct:.1f}%"
     if pct >= 0.001:
-        return f"{pct:.2g}%"
+        return f"{pct:#.2g}%"   # "#": 0.030%, not 0.03% beside 0.031%
     return "<0.001%"
 
 
