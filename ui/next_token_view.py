@@ -16,7 +16,8 @@ import torch
 from torch import Tensor
 
 import core
-from ui.format import escape_html, fmt_prob, plotly_text, settings_label, show_token, token_labels, visible_text
+from ui.format import (escape_html, fmt_prob, plotly_text, plural, settings_label, show_token, token_labels,
+                       visible_text)
 
 STEPS_KEY = "nt_steps"        # session_state: list of Pick dicts, one per appended token
 CONTEXT_KEY = "nt_context"    # session_state: (model, prompt, mode) the steps belong to
@@ -367,8 +368,8 @@ class SetAside:
         text = "".join(p.text for p in self.picks)
         what = "the model" if self.context[0] != current[0] else (
             "the prompt mode" if self.context[1] == current[1] else "the prompt")
-        return (f"You changed {what}, so the {n} token{'s' if n != 1 else ''} you appended "
-                f"(“{visible_text(text)}”) were set aside, not deleted.")
+        return (f"You changed {what}, so the {plural(n, 'token')} you appended (“{visible_text(text)}”) "
+                f"{'was' if n == 1 else 'were'} set aside, not deleted.")
 
 
 def set_aside(state: MutableMapping) -> SetAside | None:
