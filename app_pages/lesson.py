@@ -16,7 +16,7 @@ EXPERIMENTS = [
 EXPLANATIONS = [
     "**Scores (logits).** The model rates every word: higher means “fits better here”. "
     "Scores can be negative.",
-    "**Softmax.** Turns scores into chances that add up to 100 %. "
+    "**Softmax.** Turns scores into chances that add up to 100%. "
     "One point more score makes a word about 2.7× as likely.",
     "**Temperature.** Divides every score before softmax. Below 1 the favourite wins more often; "
     "above 1 surprises get likelier; 0 always takes the favourite.",
@@ -57,7 +57,7 @@ def lesson() -> None:
 
     t = round(t, 2)   # slider floats such as 0.30000000000000004 read badly in the notes
     result = lv.run_lesson(lv.lesson_config(t, k, st.session_state["lesson_seed"]))
-    st.info(f"{lv.temperature_note(t)}  \n{lv.top_k_note(k)}", icon=":material/lightbulb:")
+    st.info(f"{lv.temperature_note(t)}  \n{lv.top_k_note(k, t)}", icon=":material/lightbulb:")
 
     left, right = st.columns(2, gap="large")
     with left:
@@ -75,8 +75,7 @@ def lesson() -> None:
     with right:
         st.subheader("The exact numbers")
         st.dataframe(lv.numbers_table(result), hide_index=True, width="stretch",
-                     column_config={"score": st.column_config.NumberColumn(format="%.2f"),
-                                    "probability %": st.column_config.NumberColumn(format="%.2f")})
+                     column_config={"score": st.column_config.NumberColumn(format="%.2f")})
     st.caption("This page has its own sliders; the sidebar settings apply to the model pages.")
 
 

@@ -1,12 +1,35 @@
 """Next token: what the model is about to say, and how the sampling settings reshape it."""
+import functools
+
 import streamlit as st
 
 from ui import bridge
 from ui import next_token_view as view
-from ui.controls import require_model, require_prompt_ids, settings
-from ui.format import plain_text_for_markdown, show_token
+from ui.controls import (LOAD_ERRORS, current_settings, prompt_mode, require_model, require_prompt_ids, settings,
+                         template_expander)
+from ui.format import fmt_prob, plain_text_for_markdown, prompt_display, show_token, with_prob_text
 
 PICK_OPTIONS = 50   # the selectbox offers this many candidates, most likely first
+
+
+def _act(kind: str) -> None:
+    """Sample / Append callback: reads the sidebar and the continuation as they are now, so a click that
+    arrives together with a sidebar edit acts on the new settings, not on the previous run's."""
+    s = current_settings()
+    if s.model is None or not s.prompt.strip():
+        return   # the page run that follows says why
+    try:
+        lm = bridge.get_model(s.model)
+    except LOAD_ERRORS:
+        return   # require_model names the problem on the page run that follows
+    ids = bridge.encode_prompt(s.model, s.prompt, prompt_mode(s, lm))
+    a = view.current_analysis(st.session_state, (s.model, s.prompt, s.mode), ids,
+                              functools.partial(bridge.next_token_logits, s.model), s.sampling)
+    if kind == "sample":
+        view.on_sample(st.session_state, a, lm.tokenizer)
+    else:
+        view.on_choose(st.session_state, a, lm.tokenizer, widget_key="nt_pick")
+
 
 st.title("Next token")
 st.caption("What the model predicts right after your text, and how temperature, top-k, top-p and min-p "
@@ -17,28 +40,44 @@ lm = require_model(s)
 prompt_ids = require_prompt_ids(s, lm)
 tok = lm.tokenizer
 state = st.session_state
-view.sync_context(state, (s.model, s.prompt, s.mode))
+context = (s.model, s.prompt, s.mode)
+# Cached on (model, ids): a slider move redraws from these logits without running the model.
+a = view.current_analysis(state, context, prompt_ids, functools.partial(bridge.next_token_logits, s.model),
+                          s.sampling)
 appended = view.appended_ids(state)
 ids = prompt_ids + tuple(appended)
-# Cached on (model, ids): a slider move redraws from these logits without running the model.
-a = view.analyze(bridge.next_token_logits(s.model, ids), s.sampling)
 
-st.html(view.text_so_far_html(tok.decode(prompt_ids), view.text_pieces(tok, appended)))
+st.html(view.text_so_far_html(prompt_display(s.prompt, prompt_mode(s, lm)), view.text_pieces(tok, appended)))
+template_expander(lm, prompt_ids, prompt_mode(s, lm))
 if len(ids) > lm.context_length:
     st.caption(f"{len(ids):,} tokens: the model reads only the last {lm.context_length:,}.")
+
+if (aside := view.set_aside(state)) is not None:
+    with st.container(border=True):
+        st.markdown(plain_text_for_markdown(aside.describe(context)))
+        c1, c2, c3 = st.columns(3)
+        if aside.context[0] == s.model:
+            c1.button("Append them to this prompt", icon=":material/redo:", key="nt_carry",
+                      on_click=view.carry_over, args=(state,))
+            c2.button("Back to the earlier prompt", icon=":material/undo:", key="nt_back_to_prompt",
+                      on_click=view.restore_context, args=(state,),
+                      help="Put the earlier prompt back in the sidebar; its tokens come back with it.")
+        else:
+            c1.caption("Choose that model again to get them back.")
+        c3.button("Leave them aside", key="nt_dismiss", on_click=view.dismiss_set_aside, args=(state,))
 
 # Buttons change the continuation, so they rerun the whole page (outside the fragment below).
 c_sample, c_pick, c_append, c_undo, c_reset = st.columns([1.3, 3, 1, 1, 1], vertical_alignment="bottom")
 c_sample.button("Sample", icon=":material/casino:", key="nt_sample", type="primary", width="stretch",
-                on_click=view.on_sample, args=(state, a, tok),
+                on_click=_act, args=("sample",),
                 help="Draw the next token from the distribution after your settings. Seeded with the "
                      "sidebar seed + the number of tokens appended, so the same settings give the same text.")
 top = a.top(PICK_OPTIONS).tolist()
 # Labels from the raw distribution only, so they stay put while the sampling sliders move.
 c_pick.selectbox(f"…or choose one of the top {len(top)} (raw probability)", top, key="nt_pick",
-                 format_func=lambda i: f"{show_token(tok.token_text(i))}   ({view.fmt_prob(float(a.raw_probs[i]))})")
-c_append.button("Append", icon=":material/add:", key="nt_append", width="stretch", on_click=view.on_choose,
-                args=(state, a, tok), kwargs={"widget_key": "nt_pick"})
+                 format_func=lambda i: f"{show_token(tok.token_text(i))}   ({fmt_prob(float(a.raw_probs[i]))})")
+c_append.button("Append", icon=":material/add:", key="nt_append", width="stretch", on_click=_act,
+                args=("choose",))
 picks = view.steps(state)
 c_undo.button("Undo", icon=":material/undo:", key="nt_undo", width="stretch", disabled=not picks,
               on_click=view.undo, args=(state,))
@@ -51,9 +90,8 @@ if picks:
     # The message holds model text: escaped so Markdown shows it literally.
     st.info(plain_text_for_markdown(last.message()), icon=icon)
     with st.expander(f"How each of the {len(picks)} appended tokens was chosen"):
-        st.dataframe(view.history_table(picks), hide_index=True, width="stretch",
-                     column_config={"p (settings then)": st.column_config.NumberColumn(format="percent"),
-                                    "raw p": st.column_config.NumberColumn(format="percent")})
+        st.dataframe(with_prob_text(view.history_table(picks), ["p (settings then)", "raw p"]), hide_index=True,
+                     width="stretch")
 
 
 @st.fragment
@@ -75,16 +113,15 @@ def distribution(a: view.Analysis) -> None:
             st.warning(warning, icon=":material/info:")
         st.markdown(view.summary_markdown(a))
         st.caption("Mass kept: the probability (after temperature) that the surviving tokens held; raw mass: the "
-                   "same tokens under the model's own distribution. Sample renormalises the survivors to 100 %. "
+                   "same tokens under the model's own distribution. Sample renormalises the survivors to 100%. "
                    "Entropy: 0 bits = one possible token; n bits ≈ as unsure as 2ⁿ equally likely tokens.")
 
-    st.dataframe(table, hide_index=True, width="stretch", key="nt_table",
+    st.dataframe(with_prob_text(table, ["raw probability", "filtered probability"]), hide_index=True,
+                 width="stretch", key="nt_table",
                  column_order=["rank", "token", "id", "logit", "raw probability", "filtered probability", "status"],
                  column_config={"rank": st.column_config.NumberColumn(width="small"),
                                 "id": st.column_config.NumberColumn(width="small"),
                                 "logit": st.column_config.NumberColumn(format="%.3f", width="small"),
-                                "raw probability": st.column_config.NumberColumn(format="percent"),
-                                "filtered probability": st.column_config.NumberColumn(format="percent"),
                                 "status": st.column_config.TextColumn(width="medium")})
     d1, d2, _ = st.columns([1, 1, 2])
     d1.download_button(f"These {len(table)} rows (CSV)", view.csv_bytes(table), "next_token_top.csv", "text/csv",

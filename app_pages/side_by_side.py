@@ -9,8 +9,9 @@ import torch
 import core
 from ui import bridge
 from ui import side_by_side_view as view
-from ui.controls import require_model, require_prompt_ids, settings
-from ui.format import plain_text_for_markdown
+from ui.controls import (chat_temperature_hint, continue_past_end, prompt_mode, require_model, require_prompt_ids,
+                         settings, template_expander)
+from ui.format import plain_text_for_markdown, prompt_display
 
 s = settings()
 lm = require_model(s)
@@ -51,10 +52,15 @@ st.caption(f"The {len(order)} tokens the model ranks highest, in the same order 
 # not interrupt it; a full rerun does interrupt, and the charts above come from cached logits.
 st.subheader("Continuations, generated live")
 st.write(view.CRN_SENTENCE)
+mode = prompt_mode(s, lm)
+if hint := chat_temperature_hint(s, mode):
+    st.caption(hint)
 row = st.container(horizontal=True, vertical_alignment="bottom")
 max_new = int(row.number_input("Max new tokens", 1, 200, 30, key="sbs_max_tokens", width=180))
+past_end = continue_past_end(row, mode, "sbs_past_end")
 start = row.button("Generate", type="primary", key="sbs_generate", disabled=not valid)
 row.button("Stop", key="sbs_stop")   # any click interrupts the run; the tokens so far stay in session state
+template_expander(lm, ids, mode)
 status = st.empty()
 boxes = {sp.index: col.empty() for sp, col in zip(specs, st.columns(len(specs)))}
 steps_area = st.empty()
@@ -66,14 +72,14 @@ if valid:
     counts = view.draw_counts([probs[sp.index] for sp in valid], s.sampling.seed)
     names = [sp.name for sp in valid]
     table = view.counts_table(counts, names, logits, lm.tokenizer.token_text, max_rows=top_n)
-    chart_col, table_col = st.columns([3, 2])
+    # Four columns of counts do not fit beside the chart at 1400 px: the table goes below it then.
+    chart_col, table_col = st.columns([3, 2]) if len(valid) < 4 else (st.container(), st.container())
     chart_col.plotly_chart(view.counts_figure(table, names, [sp.color for sp in valid]), width="stretch")
     table_col.dataframe(table, hide_index=True, width="stretch", height="content")
     st.caption(view.distinct_caption(counts, names))
 
 
-# In chat mode the model continues the template's assistant turn, not the typed text.
-shown_prompt = s.prompt if s.mode == "raw" or not lm.has_chat else ""
+shown_prompt = prompt_display(s.prompt, mode)
 
 
 def show(run: view.GenerationRun, live: bool) -> None:
@@ -91,25 +97,25 @@ def show(run: view.GenerationRun, live: bool) -> None:
 
 
 # Generation runs last, so the whole page is drawn while the columns stream into their placeholders.
-key = (s.model, ids, tuple(sp.config for sp in valid), max_new)
+key = (s.model, ids, tuple(sp.config for sp in valid), max_new, past_end)
 run: view.GenerationRun | None = st.session_state.get("sbs_run")
 if start:
-    run = view.GenerationRun(key, [sp.name for sp in valid])
+    run = view.GenerationRun.start(key, [sp.name for sp in valid])
     st.session_state["sbs_run"] = run
     status.caption("Generating… (reading the prompt)")
     t0 = time.perf_counter()
-    for steps in core.generate_many(lm, list(ids), [sp.config for sp in valid], max_new, seed=s.sampling.seed):
-        run.add(steps)
-        run.seconds = time.perf_counter() - t0
+    for steps in core.generate_many(lm, list(ids), [sp.config for sp in valid], max_new, seed=s.sampling.seed,
+                                    stop_at_eos=not past_end):
+        run = run.add(steps, seconds=time.perf_counter() - t0)
+        st.session_state["sbs_run"] = run   # replaced every step, so a Stop keeps the tokens so far
         status.caption(f"Generating… token {run.steps} of {max_new}")
         show(run, live=True)
-    run.complete = True
+    run = run.done()
+    st.session_state["sbs_run"] = run
 if run is None or run.key != key:
     status.info("Click **Generate** to continue the prompt in every column at once, token by token.")
 else:
     show(run, live=False)
-    done = (f"{run.steps} tokens in {run.seconds:.1f} s." if run.complete
-            else f"Stopped after {run.steps} token{'s' if run.steps != 1 else ''}.")
-    status.caption(f"{done} {view.divergence_caption(run)}")
+    status.caption(plain_text_for_markdown(view.run_status(run, max_new)))   # quotes model text: shown literally
     with steps_area.expander("Step by step: the shared random number and what each column drew with it"):
         st.dataframe(view.steps_table(run), hide_index=True, width="stretch")

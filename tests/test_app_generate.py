@@ -1,6 +1,7 @@
 """The Generate page in AppTest with the tiny random GPT-2: streaming result, seeds, stop, export/import."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -50,8 +51,9 @@ def test_generate_shows_tokens_chart_inspector_and_download(at: AppTest) -> None
     assert gv.escape_html(gv.token_display(run.steps[0].text)) in html
     assert len(re.findall(r'title="#\d', html)) == 6
     spec = json.loads(at.get("plotly_chart")[0].proto.spec)
-    assert spec["data"][0]["x"] == [1, 2, 3, 4, 5, 6]
-    assert spec["data"][0]["y"] == pytest.approx([s.prob for s in run.steps])
+    chosen = next(t for t in spec["data"] if t["name"].startswith("chosen token's probability"))
+    assert chosen["x"] == [1, 2, 3, 4, 5, 6]
+    assert chosen["y"] == pytest.approx([s.prob for s in run.steps])
     assert any("entropy" in t["name"] for t in spec["data"])
     inspect = at.selectbox(key="gen_inspect_1")
     assert len(inspect.options) == 6 and inspect.options[0].startswith("#1 ")
@@ -102,7 +104,7 @@ def test_interrupted_run_keeps_tokens_with_a_stopped_note(at: AppTest) -> None:
     partial = gv.Run(**{**run.__dict__, "steps": run.steps[:3]}).with_status("running")
     # A Stop click reruns the script mid-generation: what it leaves behind is a "running" run.
     at.session_state["gen_run"] = partial
-    at.session_state["gen_stop_clicked"] = True
+    at.session_state[gv.COMMAND_KEY] = "stop"
     at.run()
     assert not at.exception
     assert at.warning[0].value.startswith("Stopped after 3 tokens")
@@ -161,3 +163,46 @@ def test_hostile_prompt_is_escaped(at: AppTest) -> None:
     html = _tokens_html(at)
     assert "<script" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
     assert "<img" not in html
+
+
+def _greedy_first_token(at: AppTest) -> int:
+    at.slider(key="temperature").set_value(0.0).run()
+    return _generate(at).steps[0].token_id
+
+
+def test_raw_mode_continues_past_the_end_token_by_default_and_says_so(at: AppTest, monkeypatch) -> None:
+    """Issue 19 item 5: an instruct model's end token after 3 tokens must not end the first impression."""
+    end = _greedy_first_token(at)
+    tiny = bridge.get_model("gpt2-tiny")
+    # A copy whose end-of-text token is the first greedy token (the shared cached model stays as it is).
+    ending = dataclasses.replace(tiny, tokenizer=dataclasses.replace(tiny.tokenizer, eos_ids=frozenset({end})))
+    monkeypatch.setattr(bridge, "get_model", lambda source, _progress=None: ending)
+    assert at.toggle(key="gen_past_end_raw").value is True
+    run = _generate(at)
+    assert len(run.steps) == 6 and not run.stop_at_eos and run.end_tokens[0] == 0
+    assert at.success[0].value.startswith("Finished: reached the limit of 6 tokens. The model wrote its "
+                                          "end-of-text token at token #1")
+    assert "generation went on past it" in at.success[0].value
+    at.toggle(key="gen_past_end_raw").set_value(False).run()
+    run = _generate(at)
+    assert len(run.steps) == 1 and run.finished == "eos"
+    assert at.success[0].value.startswith("Finished: the model wrote its end-of-text token after 1 token, which "
+                                          "means it considers the text complete.")
+
+
+def test_chat_mode_stops_at_the_end_token_and_hints_at_a_lower_temperature(at: AppTest) -> None:
+    at.radio(key="prompt_mode").set_value("chat").run()
+    assert at.toggle(key="gen_past_end_chat").value is False
+    assert any("try 0.2–0.5" in c.value for c in at.caption)
+    at.slider(key="temperature").set_value(0.4).run()
+    assert not any("try 0.2–0.5" in c.value for c in at.caption)
+
+
+def test_a_click_with_a_sidebar_edit_generates_with_the_new_settings(at: AppTest) -> None:
+    """Issue 19 item 10: the click acts on the sidebar as it is now, and each run replaces the last."""
+    first = _generate(at)
+    at.slider(key="temperature").set_value(0.0)          # not run: the edit arrives with the click
+    second = _generate(at)
+    assert second.sampling.temperature == 0.0 and second.number == first.number + 1
+    assert first.status == "done" and len(first.steps) == 6, "the earlier run object is never mutated"
+    assert at.session_state[gv.COMMAND_KEY] is None

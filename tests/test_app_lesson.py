@@ -16,6 +16,7 @@ from streamlit.testing.v1 import AppTest
 import core
 from ui import bridge
 from ui import lesson_view as lv
+from ui.format import fmt_prob
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
 KEPT_BY_TOP3 = ["forward", "toward", "closer"]
@@ -63,11 +64,10 @@ def test_greedy_and_top_k_1_pick_forward_every_time() -> None:
 
 def test_numbers_table() -> None:
     df = lv.numbers_table(lv.run_lesson(lv.lesson_config(1.0, 9)))
-    assert list(df.columns) == ["word", "score", "probability %", "draws out of 1,000"]
+    assert list(df.columns) == ["word", "score", "probability", "draws out of 1,000"]
     assert df["word"].tolist()[:3] == KEPT_BY_TOP3
     assert df["score"].is_monotonic_decreasing
-    assert df.loc[0, "probability %"] == 57.21
-    assert df["probability %"].sum() == pytest.approx(100, abs=0.1)
+    assert df.loc[0, "probability"] == "57.2%"      # ui.format.fmt_prob, as on every page
     assert df["draws out of 1,000"].sum() == 1000
 
 
@@ -76,21 +76,33 @@ def test_figures_use_the_same_numbers_as_the_table() -> None:
     probs_fig, draws_fig = lv.probability_figure(result), lv.draws_figure(result)
     df = lv.numbers_table(result)
     assert list(probs_fig.data[0].y) == df["word"].tolist()
-    assert list(probs_fig.data[0].x) == pytest.approx(df["probability %"].tolist(), abs=0.005)
+    assert [fmt_prob(x / 100) for x in probs_fig.data[0].x] == df["probability"].tolist()
     assert list(draws_fig.data[0].x) == df["draws out of 1,000"].tolist()
-    assert probs_fig.data[0].text[3] == "cut"
+    assert probs_fig.data[0].text[3] == "cut by top-k"
     assert probs_fig.layout.xaxis.range[1] > 100           # fixed axis, room for the labels
 
 
 def test_labels_and_notes() -> None:
-    assert lv.percent_label(0.5721) == "57.2%"
-    assert lv.percent_label(0.00005) == "<0.1%"
-    assert lv.percent_label(0.0) == "cut"
+    top3, greedy = lv.lesson_config(1.0, 3), lv.lesson_config(0.0, 9)
+    assert lv.probability_label(0, 0.5721, top3) == "57.2%"
+    assert lv.probability_label(5, 0.0, top3) == "cut by top-k"
+    assert lv.probability_label(5, 0.0, greedy) == "0% at T = 0"
     assert "every time" in lv.temperature_note(0)
     assert "below 1" in lv.temperature_note(0.1)
     assert "unchanged" in lv.temperature_note(1)
     assert "above 1" in lv.temperature_note(5)
     assert "top-k is off" in lv.top_k_note(9)
+    assert "stay in the running" in lv.top_k_note(9, 1.0)
+
+
+def test_greedy_lesson_never_says_every_word_stays_while_labelling_words_cut() -> None:
+    """Issue 19 item 6: at T = 0 with top-k off, the note and the bar labels tell one story."""
+    result = lv.run_lesson(lv.lesson_config(0.0, 9))
+    labels = lv.probability_figure(result).data[0].text
+    note = lv.top_k_note(9, 0.0)
+    assert "stay in the running" not in note and "temperature 0" in note
+    assert labels[0] == "100%" and "cut" not in " ".join(labels)
+    assert set(labels[1:]) == {"0% at T = 0"}
     assert "“forward”, “toward”, “closer”" in lv.top_k_note(3)
 
 
@@ -141,7 +153,7 @@ def test_page_renders_without_loading_a_model(at: AppTest, model_loads: list[str
     assert bar(probs, "forward") == pytest.approx(57.21, abs=0.01)
     assert sum(draws["x"]) == 1000
     table = at.dataframe[0].value
-    assert table.loc[table["word"] == "forward", "probability %"].item() == 57.21
+    assert table.loc[table["word"] == "forward", "probability"].item() == "57.2%"
     assert table["draws out of 1,000"].tolist() == draws["x"]
     assert model_loads == []
 

@@ -65,9 +65,9 @@ def test_page_renders(at, tiny, logits):
     assert filt["x"][:10] == pytest.approx(expected, rel=1e-6)   # T = 1, no filters: same distribution
     assert spec["layout"]["yaxis"]["type"] == "category"
     assert pipeline(at).splitlines()[2:] == [
-        "| **raw logits** | 50,257 | 100 % | 100 % |", "| :gray[temperature 1 (off)] | 50,257 | 100 % | 100 % |",
-        "| :gray[top-k off] | 50,257 | 100 % | 100 % |", "| :gray[top-p 1 (off)] | 50,257 | 100 % | 100 % |",
-        "| :gray[min-p 0 (off)] | 50,257 | 100 % | 100 % |"]
+        "| **raw logits** | 50,257 | 100% | 100% |", "| :gray[temperature 1 (off)] | 50,257 | 100% | 100% |",
+        "| :gray[top-k off] | 50,257 | 100% | 100% |", "| :gray[top-p 1 (off)] | 50,257 | 100% | 100% |",
+        "| :gray[min-p 0 (off)] | 50,257 | 100% | 100% |"]
     assert "Every effort moves you" in text_so_far(at)
     assert "| tokens in play | 50,257 | **50,257** |" in summary(at)
     assert len(at.dataframe[-1].value) == 10
@@ -97,7 +97,7 @@ def test_greedy_is_one_hot(at):
     filt = chart(at)["data"][1]["x"]
     assert filt == [1.0] + [0.0] * 10
     assert "| tokens in play | 50,257 | **1** |" in summary(at)
-    assert "| top choice | " in summary(at) and summary(at).endswith("| **100 %** |")
+    assert "| top choice | " in summary(at) and summary(at).endswith("| **100%** |")
     df = at.dataframe[-1].value
     assert df["status"].tolist() == ["kept"] + ["removed by greedy (T = 0)"] * 9
     assert [w.value for w in at.warning] == [
@@ -177,7 +177,63 @@ def test_append_then_undo_and_reset(at, tiny, logits):
     assert at.session_state[view.STEPS_KEY] == [] and chart(at)["data"] == first_chart
 
 
-def test_changing_the_prompt_forgets_the_continuation(at):
+def _appended_text(app: AppTest, tiny) -> str:
+    return "".join(tiny.tokenizer.token_text(s["token_id"]) for s in app.session_state[view.STEPS_KEY])
+
+
+def test_editing_the_prompt_sets_the_tokens_aside_and_restoring_it_brings_them_back(at, tiny):
+    """Issue 19 item 2: Sample ×3, add "!" to the prompt, restore it: the three tokens are never lost."""
+    for _ in range(3):
+        at.button(key="nt_sample").click().run()
+    before = list(at.session_state[view.STEPS_KEY])
+    at.text_area(key="prompt").set_value(PROMPT + "!").run()
+    ok(at)
+    assert at.session_state[view.STEPS_KEY] == []
+    offer = [m.value for m in at.markdown if "set aside" in m.value]
+    assert len(offer) == 1 and "the 3 tokens you appended" in offer[0]
+    assert at.button(key="nt_carry") and at.button(key="nt_back_to_prompt")
+    at.text_area(key="prompt").set_value(PROMPT).run()     # typed back by hand
+    ok(at)
+    assert at.session_state[view.STEPS_KEY] == before
+    assert not [m for m in at.markdown if "set aside" in m.value]
+
+
+def test_set_aside_tokens_can_follow_the_new_prompt(at, tiny):
+    at.button(key="nt_sample").click().run()
+    at.button(key="nt_sample").click().run()
+    ids = [s["token_id"] for s in at.session_state[view.STEPS_KEY]]
+    at.text_area(key="prompt").set_value("Once upon a time").run()
+    at.button(key="nt_carry").click().run()
+    ok(at)
+    assert [s["token_id"] for s in at.session_state[view.STEPS_KEY]] == ids
+    assert text_so_far(at).count("title=\"step ") == 2 or "Once upon a time" in text_so_far(at)
+    expected = torch.softmax(tiny.next_token_logits(tiny.tokenizer.encode("Once upon a time") + ids), -1)
+    assert chart(at)["data"][0]["x"][0] == pytest.approx(float(expected.max()), rel=1e-6)
+
+
+def test_back_to_the_earlier_prompt_puts_it_in_the_sidebar(at):
+    at.button(key="nt_sample").click().run()
+    before = list(at.session_state[view.STEPS_KEY])
+    at.text_area(key="prompt").set_value("Something else").run()
+    at.button(key="nt_back_to_prompt").click().run()
+    ok(at)
+    assert at.text_area(key="prompt").value == PROMPT
+    assert at.session_state[view.STEPS_KEY] == before
+
+
+def test_a_click_that_arrives_with_a_sidebar_edit_uses_the_new_settings(at, tiny, logits):
+    """Issue 19 item 10: callbacks read the current state, not the previous run's Analysis."""
+    at.number_input(key="seed").set_value(1).run()
+    t1 = int(core.sample(core.probabilities(logits, core.SamplingConfig(seed=1)), generator=core.make_generator(1)))
+    assert t1 != int(logits.argmax()), "precondition: at T = 1 this seed does not draw the top token"
+    at.slider(key="temperature").set_value(0.0)            # not run: the edit travels with the click
+    at.button(key="nt_sample").click().run()
+    ok(at)
+    pick = at.session_state[view.STEPS_KEY][0]
+    assert pick["token_id"] == int(logits.argmax()) and pick["greedy"]
+
+
+def test_changing_the_prompt_starts_a_new_continuation(at):
     at.button(key="nt_sample").click().run()
     assert len(at.session_state[view.STEPS_KEY]) == 1
     at.slider(key="temperature").set_value(0.5).run()

@@ -18,7 +18,7 @@ import core
 import ui.controls
 from ui import bridge
 from ui import side_by_side_view as view
-from ui.format import show_token
+from ui.format import show_token, visible_text
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
 PROMPT = "Every effort moves you"   # the sidebar's default
@@ -69,7 +69,8 @@ def generate(at: AppTest, max_tokens: int = 30) -> AppTest:
 def expected_texts(lm: core.LanguageModel, temps: list[float], n: int, **filters: object) -> list[list[str]]:
     cfgs = [core.SamplingConfig(temperature=t, seed=123, **filters) for t in temps]
     out: list[list[str]] = [[] for _ in temps]
-    for steps in core.generate_many(lm, lm.tokenizer.encode(PROMPT), cfgs, n, seed=123):
+    # raw prompt: the page continues past the end-of-text token by default
+    for steps in core.generate_many(lm, lm.tokenizer.encode(PROMPT), cfgs, n, seed=123, stop_at_eos=False):
         for i, step in enumerate(steps):
             if step is not None:
                 out[i].append(step.text)
@@ -112,13 +113,13 @@ def test_generate_writes_the_continuation_into_every_column(at: AppTest, tiny: c
     assert len(bodies) == 3
     for body, texts in zip(bodies, expected_texts(tiny, [0.1, 1.0, 5.0], 12)):
         assert len(texts) == 12
-        assert visible(body) == PROMPT + view.readable_text("".join(texts))
+        assert visible(body) == PROMPT + visible_text("".join(texts))
     run = at.session_state["sbs_run"]
     assert run.complete and run.steps == 12 and len(run.uniforms) == 12
-    assert any(c.value.startswith("12 tokens in ") for c in at.caption)
+    assert any(c.value.startswith("Generated 12 tokens \\(the limit was 12\\) in ") for c in at.caption)
     table = at.dataframe[0].value
-    assert list(table.columns) == ["token", "shared u", "T = 0.1", "T = 1", "T = 5"]
-    assert table["shared u"].tolist() == [round(u, 4) for u in run.uniforms]
+    assert list(table.columns) == ["step", view.RANDOM_COLUMN, "T = 0.1", "T = 1", "T = 5"]
+    assert table[view.RANDOM_COLUMN].tolist() == [round(u, 4) for u in run.uniforms]
 
 
 def test_equal_temperatures_give_identical_text(at: AppTest, tiny: core.LanguageModel) -> None:
@@ -126,8 +127,8 @@ def test_equal_temperatures_give_identical_text(at: AppTest, tiny: core.Language
     generate(at, max_tokens=20)
     first, second = (visible(b) for b in boxes(at))
     assert first == second
-    assert first == PROMPT + view.readable_text("".join(expected_texts(tiny, [1.3], 20)[0]))
-    assert any(c.value.endswith("All columns chose the same 20 tokens.") for c in at.caption)
+    assert first == PROMPT + visible_text("".join(expected_texts(tiny, [1.3], 20)[0]))
+    assert any(c.value.replace("\\", "").endswith("All columns chose the same 20 tokens.") for c in at.caption)
     assert not any("sbs-diverge" in b for b in boxes(at))
 
 
@@ -136,16 +137,16 @@ def test_the_first_divergence_is_marked_in_every_column(at: AppTest, tiny: core.
     set_columns(at, 0.0, 0.012)
     generate(at, max_tokens=30)
     run = at.session_state["sbs_run"]
-    assert run.texts == expected_texts(tiny, [0.0, 0.012], 30)
+    assert [list(t) for t in run.texts] == expected_texts(tiny, [0.0, 0.012], 30)
     d = view.first_divergence(run.ids)
     assert d == 17
-    assert any(f"The columns diverge at token {d + 1} (highlighted)" in c.value for c in at.caption)
+    assert any(f"The columns part ways at token {d + 1} \\(highlighted\\)" in c.value for c in at.caption)
     for body, texts in zip(boxes(at), run.texts):
         marked = re.findall(r'<mark data-testid="sbs-diverge"[^>]*>(.*?)</mark>', body)
-        assert marked == [html.escape(view.readable_text(texts[d]), quote=True)]
+        assert marked == [html.escape(visible_text(texts[d]), quote=True)]
         # Everything before the mark is the shared part.
         before = visible(body.split("<mark")[0])
-        assert before == PROMPT + view.readable_text("".join(texts[:d]))
+        assert before == PROMPT + visible_text("".join(texts[:d]))
 
 
 def test_invalid_temperature_shows_a_message_not_a_traceback(at: AppTest, tiny: core.LanguageModel) -> None:
@@ -159,7 +160,7 @@ def test_invalid_temperature_shows_a_message_not_a_traceback(at: AppTest, tiny: 
     assert not at.exception
     bodies = boxes(at)
     assert len(bodies) == 2
-    assert visible(bodies[0]) == PROMPT + view.readable_text("".join(expected_texts(tiny, [0.1], 5)[0]))
+    assert visible(bodies[0]) == PROMPT + visible_text("".join(expected_texts(tiny, [0.1], 5)[0]))
     assert any("the temperature above is not valid" in c.value for c in at.caption)
     table = at.dataframe[-1].value
     assert [c for c in table.columns if c.startswith("T =")] == ["T = 0.1", "T = 5"]
@@ -208,4 +209,4 @@ def test_sidebar_filters_apply_to_every_column(at: AppTest, tiny: core.LanguageM
     generate(at, max_tokens=8)
     texts = {visible(b) for b in boxes(at)}
     greedy = expected_texts(tiny, [0.0], 8)[0]
-    assert texts == {PROMPT + view.readable_text("".join(greedy))}
+    assert texts == {PROMPT + visible_text("".join(greedy))}

@@ -276,11 +276,11 @@ def _bad_files(root: Path) -> dict[str, tuple[str, str]]:
         "wrong-shape": (_hf_folder(root, "shape", lambda hf: hf.__setitem__(
             "transformer.h.0.attn.c_attn.weight", torch.zeros(5, 32))),
             "'blocks.0.att.qkv.weight' has shape (32, 5), expected (96, 32)"),   # named after the transpose
-        "truncated-gguf": (str(cut), "is not a readable GGUF file (truncated or damaged?)"),
-        "evil-pickle": (str(evil), "holds Python objects other than tensors (refused without running them)"),
-        "text-file": (str(notes), "not a PyTorch checkpoint, or a damaged one"),
+        "truncated-gguf": (str(cut), "it is not a GGUF file, or the file is truncated or damaged."),
+        "evil-pickle": (str(evil), "opening it could run code, so it was refused"),
+        "text-file": (str(notes), "it is not a PyTorch checkpoint (.pth), or the file is damaged."),
         "unknown-type": (str(junk), "unknown checkpoint type '.npz'"),
-        "no-such-file": (str(root / "nope.pth"), "nope.pth does not exist"),
+        "no-such-file": (str(root / "nope.pth"), "nope.pth: there is no such file or folder"),
         "empty-folder": (str(root), "is not a Hugging Face GPT-2 folder: config.json is missing"),
     }
 
@@ -307,7 +307,8 @@ def test_bad_checkpoint_path_is_a_clear_error(open_page, tmp_path: Path, case: s
         assert buttons_idle(app)
     assert not app.exception, [e.message for e in app.exception]
     errors = [_unescape(e) for e in messages(app)["error"]]
-    assert len(errors) == 1 and errors[0].startswith("Could not load **Local checkpoint…**: "), errors
+    # Named as the user typed it, never "Could not load Local checkpoint…".
+    assert len(errors) == 1 and errors[0].startswith(f"Could not load {path}"), errors
     assert _unescape(message) in errors[0]
     assert not MARKER.exists()
     # nothing lost: prompt, settings and the path are still there, and a good model works again
@@ -340,9 +341,10 @@ def test_checkpoint_path_with_markdown_is_shown_literally(open_page) -> None:
 
 
 @pytest.mark.parametrize("name, data, message", [
-    ("evil.pth", pickle.dumps({"tok_emb.weight": _Evil()}), "refused without running them"),
-    ("notes.pth", b"hello", "not a PyTorch checkpoint"),
-    ("cut.safetensors", b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\":", "is not a readable safetensors file"),
+    ("evil.pth", pickle.dumps({"tok_emb.weight": _Evil()}), "opening it could run code, so it was refused"),
+    ("notes.pth", b"hello", "it is not a PyTorch checkpoint (.pth), or the file is damaged."),
+    ("my model.pth", b"this is not a checkpoint at all" * 10, "it is not a PyTorch checkpoint"),
+    ("cut.safetensors", b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\":", "it is not a .safetensors file"),
 ])
 def test_bad_uploaded_checkpoint_is_a_clear_error(open_page, name: str, data: bytes, message: str) -> None:
     MARKER.unlink(missing_ok=True)
@@ -352,5 +354,8 @@ def test_bad_uploaded_checkpoint_is_a_clear_error(open_page, name: str, data: by
     assert not app.exception, [e.message for e in app.exception]
     errors = [_unescape(e.value) for e in app.error]
     assert len(errors) == 1 and message in errors[0], errors
+    # Reported under the user's file name, not the internal upload path.
+    assert errors[0].startswith(f"Could not load {name}: ") and "sampling-lab-uploads" not in errors[0], errors
+    assert "Python objects other than tensors" not in errors[0]
     assert not MARKER.exists()
     assert app.session_state["prompt"] == "Every effort moves you"

@@ -1,6 +1,8 @@
 """The Generate page's pure helpers: JSON round trip and validation, safe HTML, colours, chart, tables."""
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import re
 
@@ -56,7 +58,7 @@ def test_json_holds_what_the_export_promises(run: gv.Run) -> None:
     assert doc["model"] == "gpt2-tiny (random weights)" and doc["prompt"] == "Every effort moves you"
     assert doc["prompt_mode"] == "raw" and doc["text"] == run.text
     assert doc["settings"] == {"temperature": 1.0, "top_k": 50, "top_p": 0.9, "min_p": 0.0, "seed": 7,
-                               "max_new_tokens": 6}
+                               "max_new_tokens": 6, "stop_at_eos": True}
     first = doc["steps"][0]
     assert first["token_id"] == run.steps[0].token_id and len(first["top_before"]) == 10
     assert set(first["top_after"][0]) == {"token_id", "text", "prob", "raw_prob", "logit"}
@@ -185,11 +187,6 @@ def test_colour_by_raw_uses_raw_probability() -> None:
     assert 'text-decoration-style:wavy' in gv.token_span(step, "raw")
 
 
-def test_fmt_prob() -> None:
-    assert [gv.fmt_prob(p) for p in (1.0, 0.31, 0.0241, 0.00003, 1e-9, 0.0)] == \
-        ["100.0%", "31.0%", "2.41%", "0.003%", "<0.001%", "0%"]
-
-
 def test_legend_names_every_band() -> None:
     html = gv.legend_html("raw")
     assert all(gv.escape_html(name) in html for _, name, _ in gv.BANDS)
@@ -200,17 +197,29 @@ def test_legend_names_every_band() -> None:
 
 def test_chart_has_probability_and_entropy_per_step(run: gv.Run) -> None:
     fig = gv.chart_figure(run.steps)
+    by_name = {t.name: t for t in fig.data}
+    chosen = by_name["chosen token's probability (after filters)"]
+    assert list(chosen.x) == [1, 2, 3, 4, 5, 6] and chosen.mode == "markers"   # dots, never a tangle of lines
+    assert list(chosen.y) == [s.prob for s in run.steps]
+    assert list(by_name["top token's probability"].y) == [max(c.prob for c in s.top_after) for s in run.steps]
+    entropy = by_name["entropy after filters (bits)"]
+    assert entropy.type == "bar" and list(entropy.y) == [s.entropy for s in run.steps]
+    assert entropy.yaxis == "y2" and chosen.yaxis == "y"                          # two rows, one token axis
+    assert not any("average" in n for n in by_name)
+
+
+def test_chart_smoothing_is_a_trailing_mean() -> None:
+    assert gv.moving_average([1.0, 0.0, 1.0, 1.0], 2) == [1.0, 0.5, 0.5, 1.0]
+    steps = [_step(i, "x", 0.5) for i in range(200)]
+    fig = gv.chart_figure(steps, smooth=10)
     names = [t.name for t in fig.data]
-    assert len(names) == 4 and any("entropy" in n for n in names)
-    assert list(fig.data[0].x) == [1, 2, 3, 4, 5, 6]
-    assert list(fig.data[0].y) == [s.prob for s in run.steps]
-    assert list(fig.data[2].y) == [s.entropy for s in run.steps]
-    assert fig.data[2].yaxis == "y2"
+    assert "chosen, average of 10" in names and "entropy, average of 10" in names
+    assert len(fig.data[1].x) == 200 and fig.layout.xaxis2.dtick is None
 
 
 def test_chart_hover_labels_are_escaped() -> None:
     fig = gv.chart_figure([_step(0, "<b>x</b>", 0.5)])
-    assert fig.data[0].customdata[0] == "&lt;b&gt;x&lt;/b&gt;"
+    assert fig.data[1].customdata[0] == "&lt;b&gt;x&lt;/b&gt;"
 
 
 def test_alternatives_tables_mark_the_choice_and_add_it_when_outside_the_top() -> None:
@@ -233,8 +242,6 @@ def test_settings_changes_and_labels(run: gv.Run) -> None:
     # "chat" asked of a model without a template ran as raw: not a change while the sidebar still says chat.
     assert gv.settings_changes(run, run.model_label, run.prompt, "chat", cfg, 6, asked_mode="chat") == []
     assert gv.settings_changes(run, run.model_label, run.prompt, "chat", cfg, 6) == ["prompt mode"]
-    assert gv.settings_label(cfg) == "temperature 1 · top-k 50 · top-p 0.9 · min-p off · seed 7"
-    assert gv.settings_label(SamplingConfig(temperature=0, seed=3)).startswith("temperature 0 (greedy)")
 
 
 def test_status_notes(run: gv.Run) -> None:
@@ -243,4 +250,16 @@ def test_status_notes(run: gv.Run) -> None:
     assert kind == "warning" and note.startswith("Stopped after 6 tokens")
     assert gv.status_note(run.with_status("interrupted"))[1].startswith("Interrupted after 6 tokens")
     eos = _hand_run(Step(**{**_step(0, "x", 0.9).__dict__, "finished": "eos"}))
-    assert gv.status_note(eos)[1] == "Finished: the model ended its text after 1 token."
+    assert gv.status_note(eos)[1] == (
+        "Finished: the model wrote its end-of-text token after 1 token, which means it considers the text "
+        "complete. Switch on “Continue past the end-of-text token” to see what it writes next.")
+
+
+def test_status_note_says_where_the_end_token_was_passed() -> None:
+    """Issue 19 item 5: a run that went on past the end token says so in plain words."""
+    run = dataclasses.replace(_hand_run(_step(0, "a", 0.5), _step(1, "<|im_end|>", 0.5, token_id=9), _step(2, "b", 0.5)),
+                              eos_ids=(9,), stop_at_eos=False)
+    kind, note = gv.status_note(run)
+    assert note == ("Finished: reached the limit of 3 tokens. The model wrote its end-of-text token at token #2; "
+                    "generation went on past it because “Continue past the end-of-text token” is on.")
+    assert 'class="sl-tok sl-end" data-step="2"' in gv.tokens_html(run)

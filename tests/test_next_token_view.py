@@ -11,6 +11,7 @@ import torch
 import core
 from core.sampling import rank_of
 from ui import next_token_view as view
+from ui.format import fmt_prob
 
 CONFIGS = {
     "default": core.SamplingConfig(),
@@ -167,18 +168,18 @@ def test_pipeline_table(logits):
     assert k.active and k.mass_kept == pytest.approx(float(torch.softmax(logits / 0.5, -1).topk(3).values.sum()))
     lines = view.pipeline_markdown(summaries).splitlines()
     assert lines[0] == "| stage | tokens kept | mass kept | raw mass |"
-    assert lines[2] == f"| **raw logits** | {len(logits):,} | 100 % | 100 % |"
-    assert lines[3] == f"| **temperature 0.5** | {len(logits):,} | 100 % | 100 % |"
-    assert lines[4] == f"| **top-k 3** | 3 | {view.fmt_prob(k.mass_kept)} | {view.fmt_prob(k.raw_mass_kept)} |"
+    assert lines[2] == f"| **raw logits** | {len(logits):,} | 100% | 100% |"
+    assert lines[3] == f"| **temperature 0.5** | {len(logits):,} | 100% | 100% |"
+    assert lines[4] == f"| **top-k 3** | 3 | {fmt_prob(k.mass_kept)} | {fmt_prob(k.raw_mass_kept)} |"
     assert lines[5].startswith("| :gray[top-p 1 (off)] | 3 |")
     greedy = view.analyze(logits, core.SamplingConfig(temperature=0))
-    raw_top = view.fmt_prob(float(torch.softmax(logits, -1).max()))
+    raw_top = fmt_prob(float(torch.softmax(logits, -1).max()))
     assert view.pipeline_markdown(view.stage_summaries(greedy)).splitlines()[3] == \
-        f"| **temperature 0 (greedy)** | 1 | 100 % | {raw_top} |"
+        f"| **temperature 0 (greedy)** | 1 | 100% | {raw_top} |"
     assert view.summary_markdown(greedy).splitlines()[2:] == [
         f"| tokens in play | {len(logits):,} | **1** |",
         f"| entropy | {view.entropy_bits(greedy.raw_probs):.2f} bits | **0.00 bits** |",
-        f"| top choice | {raw_top} | **100 %** |"]
+        f"| top choice | {raw_top} | **100%** |"]
     assert view.moot_warnings(view.analyze(logits, core.SamplingConfig(top_k=3, top_p=0.99))) == [
         "top-p 0.99 removes nothing: top-k 3 already kept only 3 tokens."]
 
@@ -196,15 +197,15 @@ def test_pick_messages(tiny):
     tok = tiny.tokenizer
     a = view.analyze(SMALL, core.SamplingConfig(top_k=2))
     assert view.make_pick(a, tok, 1, "sampled").message() == \
-        "Sampled '\"' — rank 2 of 6, p = 26.9 %: a random draw, not the top choice."
+        "Sampled '\"' — rank 2 of 6, p = 26.9%: a random draw, not the top choice."
     assert view.make_pick(a, tok, 0, "sampled").message() == \
-        "Sampled '!' — rank 1 of 6, p = 73.1 %: the top choice (greedy would pick it too)."
+        "Sampled '!' — rank 1 of 6, p = 73.1%: the top choice (greedy would pick it too)."
     assert view.make_pick(a, tok, 2, "chosen").message() == \
-        "You appended '#' — rank 3 of 6, p = 0 % under T = 1, top-k 2 (raw 8.7 %): " \
+        "You appended '#' — rank 3 of 6, p = 0% under T = 1 · top-k 2 (raw 8.7%): " \
         "removed by top-k, so Sample could never draw it."
     g = view.analyze(SMALL, core.SamplingConfig(temperature=0))
     assert view.make_pick(g, tok, 0, "sampled").message() == \
-        "Sampled '!' — rank 1 of 6, p = 100 %: temperature 0 always takes the top choice."
+        "Sampled '!' — rank 1 of 6, p = 100%: temperature 0 always takes the top choice."
 
 
 def test_continuation_state():
@@ -235,6 +236,33 @@ def test_continuation_state():
     assert view.steps(state) == []
 
 
+def test_context_changes_shelve_the_continuation_never_drop_it():
+    state: dict = {}
+    a = view.analyze(SMALL, core.SamplingConfig())
+
+    class Tok:
+        @staticmethod
+        def token_text(i: int) -> str:
+            return f"t{i}"
+
+    view.sync_context(state, ("m", "p", "raw"))
+    view.on_choose(state, a, Tok, token_id=3)
+    view.sync_context(state, ("m2", "p", "raw"))          # another model: set aside, offered back
+    assert view.appended_ids(state) == []
+    aside = view.set_aside(state)
+    assert aside is not None and aside.context == ("m", "p", "raw") and [p.token_id for p in aside.picks] == [3]
+    assert "You changed the model" in aside.describe(("m2", "p", "raw"))
+    view.carry_over(state)                                  # not across models: token ids differ
+    assert view.appended_ids(state) == []
+    view.sync_context(state, ("m", "p", "raw"))             # back to the first model: the token is back
+    assert view.appended_ids(state) == [3] and view.set_aside(state) is None
+    view.sync_context(state, ("m", "p!", "raw"))
+    shelf_before = state[view.SHELF_KEY]
+    view.carry_over(state)
+    assert view.appended_ids(state) == [3] and view.set_aside(state) is None
+    assert ("m", "p", "raw") in shelf_before, "carry_over must not mutate the stored shelf"
+
+
 def test_text_pieces_keep_split_characters_whole_and_html_is_escaped(tiny):
     tok = tiny.tokenizer
     ids = tok.encode(" 🎲<b>x</b>")
@@ -243,9 +271,3 @@ def test_text_pieces_keep_split_characters_whole_and_html_is_escaped(tiny):
     assert "\ufffd" not in "".join(pieces)
     html = view.text_so_far_html("<img src=x onerror=alert(1)>", pieces)
     assert "<img" not in html and "<b>" not in html and "&lt;img src=x" in html
-
-
-@pytest.mark.parametrize("p, text", [(0, "0 %"), (1.0, "100 %"), (0.176, "17.6 %"), (0.001, "0.1 %"),
-                                     (0.00031, "0.031 %"), (3.2e-07, "3.2e-05 %")])
-def test_fmt_prob(p, text):
-    assert view.fmt_prob(p) == text

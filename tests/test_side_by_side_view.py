@@ -6,6 +6,7 @@ import torch
 
 import core
 from ui import side_by_side_view as view
+from ui.format import visible_text
 
 VOCAB = ["closer", "every", "effort", "forward", "inches", "moves", "pizza", "toward", "you"]
 BOOK_LOGITS = torch.tensor([4.51, 0.89, -1.90, 6.75, 1.63, -1.62, -1.89, 6.28, 1.79])
@@ -75,16 +76,14 @@ def test_distribution_figure_escapes_labels_and_shares_the_axis() -> None:
     assert fig.layout.yaxis.autorange == "reversed"
 
 
-def test_shared_x_max_and_percent() -> None:
+def test_shared_x_max() -> None:
     assert view.shared_x_max([[0.5, 0.1], [0.2]]) == pytest.approx(0.65)
     assert view.shared_x_max([[1.0]]) == pytest.approx(1.3)
-    assert [view.percent(p) for p in (0.0, 0.5, 0.0123, 0.00002, 3e-11)] == [
-        "0%", "50%", "1.2%", "0.002%", "3e-09%"]
 
 
 def test_column_summary() -> None:
     probs = torch.tensor([0.5, 0.25, 0.25, 0.0])
-    assert view.column_summary(probs, [0, 1]) == "entropy 1.50 bits · 3 tokens possible · top 2 hold 75%"
+    assert view.column_summary(probs, [0, 1]) == "entropy 1.50 bits · 3 tokens possible · top 2 hold 75.0%"
 
 
 # --- divergence and text ----------------------------------------------------------------------
@@ -108,30 +107,51 @@ def _step(token_id: int, text: str, u: float, finished: str | None = None) -> co
 
 
 def test_generation_run_collects_steps_and_finds_the_divergence() -> None:
-    run = view.GenerationRun(key=("k",), names=["T = 0.1", "T = 5"])
-    run.add([_step(1, " a", 0.25), _step(1, " a", 0.25)])
-    run.add([_step(2, " b", 0.75), _step(3, " c", 0.75)])
-    run.add([None, _step(4, "\n", 0.5, "eos")])
-    assert run.steps == 3 and run.uniforms == [0.25, 0.75, 0.5]
-    assert run.ids == [[1, 2], [1, 3, 4]]
-    assert run.finished == [None, "eos"]
+    empty = view.GenerationRun.start(("k",), ["T = 0.1", "T = 5"])
+    run = empty.add([_step(1, " a", 0.25), _step(1, " a", 0.25)])
+    run = run.add([_step(2, " b", 0.75), _step(3, " c", 0.75)])
+    run = run.add([None, _step(4, "\n", 0.5, "eos")])
+    assert empty.steps == 0 and empty.ids == ((), ()), "add returns a new run; the old one is unchanged"
+    assert run.steps == 3 and run.uniforms == (0.25, 0.75, 0.5)
+    assert run.ids == ((1, 2), (1, 3, 4))
+    assert run.finished == (None, "eos")
     assert run.divergence == 1
-    assert view.divergence_caption(run) == ("The columns diverge at token 2 (highlighted): "
-                                            "the first 1 token is the same in every column.")
+    assert view.divergence_caption(run) == ("The columns part ways at token 2 (highlighted); the first 1 token is "
+                                            "the same in every column: T = 0.1 chose “ b”; T = 5 chose “ c”.")
     table = view.steps_table(run)
-    assert list(table.columns) == ["token", "shared u", "T = 0.1", "T = 5"]
-    assert table["T = 0.1"].tolist() == ["␣a  (50%)", "␣b  (50%)", "(ended)"]
-    assert table["T = 5"].tolist()[2] == "↵  (50%)"
+    # Issue 19 item 4: the first column holds step numbers, and the random number says what it is.
+    assert list(table.columns) == ["step", view.RANDOM_COLUMN, "T = 0.1", "T = 5"]
+    assert table["T = 0.1"].tolist() == ["␣a  (50.0%)", "␣b  (50.0%)", "(ended)"]
+    assert table["T = 5"].tolist()[2] == "↵  (50.0%)"
+
+
+def test_divergence_caption_names_the_columns_that_agree() -> None:
+    """Issue 19 item 4: T = 0 and T = 0.7 both chose " away": never "they differ from the very first choice"."""
+    run = view.GenerationRun.start((), ["T = 0", "T = 0.7", "T = 1", "T = 2"])
+    run = run.add([_step(1, " away", 0.3), _step(1, " away", 0.3), _step(2, " forward", 0.3),
+                   _step(3, " vulnerable", 0.3)])
+    caption = view.divergence_caption(run)
+    assert caption == ("The columns part ways at token 1 (highlighted): T = 0 and T = 0.7 chose “ away”; "
+                       "T = 1 chose “ forward”; T = 2 chose “ vulnerable”.")
+    assert "very first" not in caption
+    ended = view.GenerationRun.start((), ["a", "b"]).add([_step(1, "x", 0.1, "eos"), _step(1, "x", 0.1)])
+    ended = ended.add([None, _step(2, "y", 0.2)])
+    assert view.divergence_caption(ended).endswith("a had already ended; b chose “y”.")
 
 
 def test_divergence_caption_when_all_agree() -> None:
-    run = view.GenerationRun(key=(), names=["a", "b"])
-    run.add([_step(1, "x", 0.1), _step(1, "x", 0.1)])
+    run = view.GenerationRun.start((), ["a", "b"]).add([_step(1, "x", 0.1), _step(1, "x", 0.1)])
     assert view.divergence_caption(run) == "All columns chose the same 1 token."
 
 
+def test_column_summary_at_temperature_0() -> None:
+    """Issue 19 item 4: never "entropy -0.00 bits · 1 tokens possible"."""
+    probs = core.probabilities(torch.tensor([2.0, 1.0, 0.5]), core.SamplingConfig(temperature=0))
+    assert view.column_summary(probs, [0, 1]).startswith("entropy 0.00 bits · 1 token possible · ")
+
+
 def test_readable_text_and_prompt_tail() -> None:
-    assert view.readable_text("a\nb\x07\tc\r") == "a↵\nb\\x07\tc⏎"
+    assert visible_text("a\nb\x07\tc\r") == "a↵\nb\\x07\tc⏎"
     assert view.prompt_tail("x" * 70, 60) == "…" + "x" * 60
     assert view.prompt_tail("short") == "short"
 
@@ -143,7 +163,7 @@ def test_continuation_html_escapes_model_text_and_marks_the_divergence() -> None
     assert "&lt;img src=&quot;http://evil/&quot;&gt;" in html
     assert '<mark data-testid="sbs-diverge"' in html and "&lt;script&gt;</mark>" in html
     assert html.count("<mark") == 1
-    assert "↵\n" in html and "[end of text]" in html
+    assert "↵\n" in html and "[stopped: the model wrote its end-of-text token]" in html
 
 
 # --- 1,000 draws --------------------------------------------------------------------------------

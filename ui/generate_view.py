@@ -8,7 +8,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from collections.abc import Mapping, Sequence
+import secrets
+from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 
 import pandas as pd
@@ -18,7 +19,7 @@ from plotly.subplots import make_subplots
 
 import core
 from core import Candidate, SamplingConfig, Step
-from ui.format import escape_html, show_token
+from ui.format import escape_html, fmt_prob, plural, prompt_display, show_token, visible_text
 
 RUN_FORMAT = "sampling-lab-run"
 RUN_VERSION = 1
@@ -54,6 +55,14 @@ class Run:
     max_new_tokens: int
     steps: tuple[Step, ...] = ()
     status: str = "running"         # "running", "done", "stopped" (Stop button), "interrupted" (other rerun)
+    stop_at_eos: bool = True        # False: generation went on past the end-of-text token
+    eos_ids: tuple[int, ...] = ()   # the model's end-of-text token ids
+    # How this session came by the run: not saved in the run file, not part of its identity.
+    origin: str | None = dataclasses.field(default=None, compare=False)      # the replayed file's name
+    origin_id: str | None = dataclasses.field(default=None, compare=False)   # that upload's id: read it once
+    asked_mode: str | None = dataclasses.field(default=None, compare=False)  # the sidebar's mode ("chat" runs
+    # as "raw" on a model without a template)
+    number: int = dataclasses.field(default=0, compare=False)  # this session's runs: the inspector resets per run
 
     @property
     def text(self) -> str:
@@ -70,22 +79,48 @@ class Run:
     def with_status(self, status: str) -> Run:
         return dataclasses.replace(self, status=status)
 
+    @property
+    def end_tokens(self) -> list[int]:
+        """0-based steps where the model wrote its end-of-text token (several when it went on past it)."""
+        return [s.index for s in self.steps if s.token_id in self.eos_ids]
+
+
+# --- the page's state: one run, replaced (never mutated), and one pending command ---------------
+
+RUN_KEY = "gen_run"          # session_state: the Run shown (generated here or replayed)
+COMMAND_KEY = "gen_command"  # session_state: "generate" or "stop", set by a button callback
+
+
+def request(state: MutableMapping, command: str, new_seed: bool = False) -> None:
+    """Button callback: ask the next page run to generate (or to record a Stop)."""
+    state[COMMAND_KEY] = command
+    if new_seed:
+        # Callbacks run before the sidebar is drawn, so the Seed widget shows the new value.
+        state["seed"] = secrets.randbelow(2**31)
+
+
+def take_command(state: MutableMapping) -> str | None:
+    """Once at the top of each page run: settle a run that a rerun cut short ("stopped" after Stop,
+    "interrupted" after any other rerun) and return "generate" when Generate was pressed."""
+    command = state.get(COMMAND_KEY)
+    state[COMMAND_KEY] = None
+    run = state.get(RUN_KEY)
+    if run is not None and run.status == "running":
+        state[RUN_KEY] = run.with_status("stopped" if command == "stop" else "interrupted")
+    return command if command == "generate" else None
+
+
+def import_upload(state: MutableMapping, file_id: str, name: str, data: bytes) -> None:
+    """Show an uploaded run file (read once per upload, so Generate can replace it); RunFormatError if bad."""
+    current = state.get(RUN_KEY)
+    if current is not None and current.origin_id == file_id:
+        return
+    run = parse_run(data)
+    state[RUN_KEY] = dataclasses.replace(run, origin=name, origin_id=file_id,
+                                         number=(current.number if current else 0) + 1)
+
 
 # --- numbers and colours -----------------------------------------------------------------------
-
-def fmt_prob(p: float) -> str:
-    """A probability as a short percentage: "31.0%", "2.41%", "0.003%", "<0.001%"."""
-    pct = p * 100
-    if p <= 0:
-        return "0%"
-    if pct >= 10:
-        return f"{pct:.1f}%"
-    if pct >= 1:
-        return f"{pct:.2f}%"
-    if pct >= 0.001:
-        return f"{pct:.3g}%"
-    return "<0.001%"
-
 
 def band_of(p: float) -> int:
     """Index into BANDS for a probability."""
@@ -128,6 +163,7 @@ _STYLE = """<style>
 .sl-tok{border-radius:.2rem;padding:.1rem 0;text-decoration-line:underline;text-decoration-thickness:2px;
  text-underline-offset:4px;cursor:help}
 .sl-tok:hover{outline:2px solid #e69f00;outline-offset:1px}
+.sl-end{outline:2px dashed #555;outline-offset:1px}
 .sl-cursor{opacity:.6}
 .sl-progress{font-size:.85rem;opacity:.75;margin-bottom:.4rem}
 .sl-legend{display:flex;flex-wrap:wrap;gap:.4rem 1.2rem;align-items:center;font-size:.85rem;margin:.25rem 0 .5rem}
@@ -138,23 +174,9 @@ _STYLE = """<style>
 
 
 def token_display(text: str) -> str:
-    """Inline display text of a token: spaces stay spaces, newlines show ↵ then break, controls as \\xNN.
-
-    An empty piece (the first bytes of a multi-byte character) shows as "∅" so every step has a span.
-    """
-    if text == "":
-        return "∅"
-    out = []
-    for ch in text:
-        if ch == "\n":
-            out.append("↵\n")
-        elif ch == "\t":
-            out.append(ch)
-        elif ord(ch) < 32 or ord(ch) == 127:
-            out.append(f"\\x{ord(ch):02x}")
-        else:
-            out.append(ch)
-    return "".join(out)
+    """Inline display text of a token; an empty piece (the first bytes of a multi-byte character) shows
+    as "∅" so every step has a span."""
+    return visible_text(text) or "∅"
 
 
 def step_title(step: Step, colour_by: str = "sampled", n_alternatives: int = 5) -> str:
@@ -169,24 +191,25 @@ def step_title(step: Step, colour_by: str = "sampled", n_alternatives: int = 5) 
     return "\n".join(lines)
 
 
-def token_span(step: Step, colour_by: str = "sampled") -> str:
+def token_span(step: Step, colour_by: str = "sampled", end: bool = False) -> str:
+    """One token; `end` marks the model's end-of-text token (a run that went on past it)."""
     p = step_prob(step, colour_by)
     bg, fg = colours_of(p)
     style = BANDS[band_of(p)][2]
-    return (f'<span class="sl-tok" data-step="{step.index + 1}" '
+    title = step_title(step, colour_by) + ("\nThe model's end-of-text token: generation went on past it." if end else "")
+    return (f'<span class="sl-tok{" sl-end" if end else ""}" data-step="{step.index + 1}" '
             f'style="background:{bg};color:{fg};text-decoration-style:{style};text-decoration-color:{fg}" '
-            f'title="{escape_html(step_title(step, colour_by))}">{escape_html(token_display(step.text))}</span>')
+            f'title="{escape_html(title)}">{escape_html(token_display(step.text))}</span>')
 
 
 def prompt_html(prompt: str, mode: str) -> str:
-    if mode == "chat":
-        return (f'<span class="sl-prompt">User: {escape_html(prompt)}\nAssistant: </span>')
-    return f'<span class="sl-prompt">{escape_html(prompt)}</span>'
+    return f'<span class="sl-prompt">{escape_html(prompt_display(prompt, mode))}</span>'
 
 
 def tokens_html(run: Run, colour_by: str = "sampled", streaming: bool = False) -> str:
     """The prompt (dimmed) plus every generated token as a coloured, underlined span with a tooltip."""
-    spans = "".join(token_span(s, colour_by) for s in run.steps)
+    ends = set() if run.stop_at_eos else set(run.eos_ids)   # marked only where generation went on past one
+    spans = "".join(token_span(s, colour_by, s.token_id in ends) for s in run.steps)
     cursor = '<span class="sl-cursor">▍</span>' if streaming else ""
     box = f'<div class="sl-gen">{prompt_html(run.prompt, run.prompt_mode)}{spans}{cursor}</div>'
     if streaming:
@@ -212,18 +235,10 @@ def legend_html(colour_by: str = "sampled") -> str:
 
 # --- summary, chart, tables ----------------------------------------------------------------------
 
-def settings_label(cfg: SamplingConfig) -> str:
-    t = "temperature 0 (greedy)" if cfg.greedy else f"temperature {cfg.temperature:g}"
-    k = f"top-k {cfg.top_k}" if cfg.top_k else "top-k off"
-    p = f"top-p {cfg.top_p:g}" if cfg.top_p < 1 else "top-p off"
-    m = f"min-p {cfg.min_p:g}" if cfg.min_p > 0 else "min-p off"
-    return f"{t} · {k} · {p} · {m} · seed {cfg.seed}"
-
-
 def status_note(run: Run) -> tuple[str, str]:
-    """(kind, message) describing how the run ended; kind is "info", "warning" or "success"."""
+    """(kind, message): why the run ended, in plain words; kind is "info", "warning" or "success"."""
     n = len(run.steps)
-    tokens = f"{n} token{'s' if n != 1 else ''}"
+    tokens = plural(n, "token")
     if run.status == "stopped":
         return "warning", f"Stopped after {tokens}: everything generated so far is kept below."
     if run.status == "interrupted":
@@ -232,12 +247,21 @@ def status_note(run: Run) -> tuple[str, str]:
     if run.status == "running":
         return "info", f"Generating… {tokens} so far."
     if run.finished == "eos":
-        return "success", f"Finished: the model ended its text after {tokens}."
-    return "success", f"Finished: reached the limit of {tokens}."
+        note = (f"Finished: the model wrote its end-of-text token after {tokens}, which means it considers the "
+                "text complete.")
+        if run.prompt_mode == "raw":
+            note += " Switch on “Continue past the end-of-text token” to see what it writes next."
+        return "success", note
+    note = f"Finished: reached the limit of {tokens}."
+    if ends := run.end_tokens:
+        where = ", ".join(f"#{i + 1}" for i in ends[:5]) + ("…" if len(ends) > 5 else "")
+        note += (f" The model wrote its end-of-text token at token {where}; generation went on past it "
+                 "because “Continue past the end-of-text token” is on.")
+    return "success", note
 
 
 def settings_changes(run: Run, model_label: str, prompt: str, mode: str, cfg: SamplingConfig,
-                     max_new_tokens: int, asked_mode: str | None = None) -> list[str]:
+                     max_new_tokens: int, asked_mode: str | None = None, stop_at_eos: bool | None = None) -> list[str]:
     """What differs between a run and the sidebar now, in words (empty when Generate would redo it).
 
     asked_mode is the sidebar's mode when the run was made; it differs from run.prompt_mode when
@@ -248,7 +272,7 @@ def settings_changes(run: Run, model_label: str, prompt: str, mode: str, cfg: Sa
         changes.append("model")
     if prompt != run.prompt:
         changes.append("prompt")
-    if mode != (asked_mode or run.prompt_mode):
+    if mode != (asked_mode or run.asked_mode or run.prompt_mode):
         changes.append("prompt mode")
     for field, name in (("temperature", "temperature"), ("top_k", "top-k"), ("top_p", "top-p"),
                         ("min_p", "min-p"), ("seed", "seed")):
@@ -256,39 +280,68 @@ def settings_changes(run: Run, model_label: str, prompt: str, mode: str, cfg: Sa
             changes.append(name)
     if max_new_tokens != run.max_new_tokens:
         changes.append("max new tokens")
+    if stop_at_eos is not None and stop_at_eos != run.stop_at_eos:
+        changes.append("continue past the end-of-text token")
     return changes
 
 
-def chart_figure(steps: Sequence[Step]) -> go.Figure:
-    """Per step: the chosen token's probability (after filters and raw) and the entropy in bits."""
+def moving_average(values: Sequence[float], window: int) -> list[float]:
+    """Trailing mean over up to `window` values (the first points average what exists so far)."""
+    out, total = [], 0.0
+    for i, v in enumerate(values):
+        total += v
+        if i >= window:
+            total -= values[i - window]
+        out.append(total / min(i + 1, window))
+    return out
+
+
+def top_prob(step: Step) -> float:
+    """The most likely token's probability after filters at this step (what the chosen one is compared with)."""
+    return max((c.prob for c in step.top_after), default=step.prob)
+
+
+def chart_figure(steps: Sequence[Step], smooth: int | None = None) -> go.Figure:
+    """Two rows sharing the token axis, readable at 200+ tokens: above, the chosen token's probability
+    (dots) against the top token's (a grey step line); below, the entropy as bars. `smooth` adds a
+    moving average over that many tokens to each row."""
     x = [s.index + 1 for s in steps]
+    chosen, top = [s.prob for s in steps], [top_prob(s) for s in steps]
+    ent, raw_ent = [s.entropy for s in steps], [s.raw_entropy for s in steps]
     # Plotly hover text understands a little HTML, so token labels are escaped.
     labels = [escape_html(show_token(s.text)) for s in steps]
-    fig = make_subplots(specs=[[{"secondary_y": True}]])
-    fig.add_trace(go.Scatter(x=x, y=[s.prob for s in steps], name="chosen token: probability after filters",
-                             mode="lines+markers", line={"color": PROB_COLOUR}, customdata=labels,
-                             hovertemplate="#%{x} %{customdata}: %{y:.1%} after filters<extra></extra>"))
-    fig.add_trace(go.Scatter(x=x, y=[s.raw_prob for s in steps], name="chosen token: raw probability",
-                             mode="lines+markers", line={"color": PROB_COLOUR, "dash": "dot"},
-                             marker={"symbol": "circle-open"}, customdata=labels,
-                             hovertemplate="#%{x} %{customdata}: %{y:.1%} raw<extra></extra>"))
-    fig.add_trace(go.Scatter(x=x, y=[s.entropy for s in steps], name="entropy after filters (bits)",
-                             mode="lines", line={"color": ENTROPY_COLOUR},
-                             hovertemplate="#%{x}: %{y:.2f} bits after filters<extra></extra>"),
-                  secondary_y=True)
-    fig.add_trace(go.Scatter(x=x, y=[s.raw_entropy for s in steps], name="raw entropy (bits)",
-                             mode="lines", line={"color": ENTROPY_COLOUR, "dash": "dot"},
-                             hovertemplate="#%{x}: %{y:.2f} bits raw<extra></extra>"),
-                  secondary_y=True)
-    fig.update_layout(height=340, margin={"l": 10, "r": 10, "t": 30, "b": 10}, hovermode="x unified",
-                      legend={"orientation": "h", "y": 1.12, "x": 0},
-                      title={"text": "Each step: how likely the chosen token was, and how uncertain the model was",
-                             "font": {"size": 14}, "y": 0.99})
+    small = len(steps) <= 60
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08, row_heights=[0.62, 0.38])
+    fig.add_trace(go.Scatter(x=x, y=top, name="top token's probability", mode="lines", line_shape="hvh",
+                             line={"color": "#9a9a9a", "width": 1}, fill="tozeroy", fillcolor="rgba(154,154,154,0.18)",
+                             hovertemplate="top token %{y:.1%}<extra></extra>"), row=1, col=1)
+    fig.add_trace(go.Scatter(x=x, y=chosen, name="chosen token's probability (after filters)", mode="markers",
+                             marker={"color": PROB_COLOUR, "size": 7 if small else 5,
+                                     "symbol": ["circle" if s.rank == 1 else "diamond" for s in steps]},
+                             customdata=labels,
+                             hovertemplate="#%{x} %{customdata}: %{y:.1%} after filters<extra></extra>"), row=1, col=1)
+    fig.add_trace(go.Bar(x=x, y=ent, name="entropy after filters (bits)", marker={"color": ENTROPY_COLOUR},
+                         opacity=0.75, hovertemplate="#%{x}: %{y:.2f} bits after filters<extra></extra>"),
+                  row=2, col=1)
+    fig.add_trace(go.Scatter(x=x, y=raw_ent, name="raw entropy (bits)", mode="lines",
+                             line={"color": "#444", "width": 1, "dash": "dot"},
+                             hovertemplate="%{y:.2f} bits raw<extra></extra>"), row=2, col=1)
+    if smooth and len(steps) > 1:
+        fig.add_trace(go.Scatter(x=x, y=moving_average(chosen, smooth), name=f"chosen, average of {smooth}",
+                                 mode="lines", line={"color": PROB_COLOUR, "width": 3},
+                                 hovertemplate=f"average of {smooth}: %{{y:.1%}}<extra></extra>"), row=1, col=1)
+        fig.add_trace(go.Scatter(x=x, y=moving_average(ent, smooth), name=f"entropy, average of {smooth}",
+                                 mode="lines", line={"color": "#8a2e00", "width": 3},
+                                 hovertemplate=f"average of {smooth}: %{{y:.2f}} bits<extra></extra>"), row=2, col=1)
+    fig.update_layout(height=460, margin={"l": 10, "r": 10, "t": 60, "b": 10}, hovermode="x unified", bargap=0.15,
+                      legend={"orientation": "h", "y": 1.02, "yanchor": "bottom", "x": 0},
+                      title={"text": "Each step: how likely the chosen token was (● top choice, ◆ not), and how "
+                                     "uncertain the model was", "font": {"size": 14}, "y": 0.995, "yanchor": "top"})
     # Whole-number ticks: a step is a token, there is no token 1.5.
-    fig.update_xaxes(title_text="generated token #", dtick=1 if len(steps) <= 20 else None, tickformat="d")
-    fig.update_yaxes(title_text="probability", tickformat=".0%", range=[0, 1.02], secondary_y=False)
-    fig.update_yaxes(title_text="entropy (bits)", rangemode="tozero", showgrid=False, tickmode="auto",
-                     secondary_y=True)
+    fig.update_xaxes(dtick=1 if len(steps) <= 20 else None, tickformat="d")
+    fig.update_xaxes(title_text="generated token #", row=2, col=1)
+    fig.update_yaxes(title_text="probability", tickformat=".0%", range=[0, 1.04], row=1, col=1)
+    fig.update_yaxes(title_text="bits", rangemode="tozero", row=2, col=1)
     return fig
 
 
@@ -327,7 +380,8 @@ def run_to_dict(run: Run) -> dict:
         "model": run.model, "model_label": run.model_label,
         "prompt": run.prompt, "prompt_mode": run.prompt_mode,
         "settings": {"temperature": cfg.temperature, "top_k": cfg.top_k, "top_p": cfg.top_p, "min_p": cfg.min_p,
-                     "seed": cfg.seed, "max_new_tokens": run.max_new_tokens},
+                     "seed": cfg.seed, "max_new_tokens": run.max_new_tokens, "stop_at_eos": run.stop_at_eos},
+        "eos_ids": list(run.eos_ids),
         "status": run.status, "finished": run.finished, "text": run.text,
         "steps": [dataclasses.asdict(s) for s in run.steps],
     }
@@ -372,6 +426,13 @@ def _str(obj: Mapping, key: str, where: str, choices: Sequence[str] | None = Non
     if not isinstance(v, str) or (choices is not None and v not in choices):
         want = f"one of {', '.join(map(repr, choices))}" if choices else "a string"
         raise RunFormatError(f"{where}.{key} must be {want}, got {v!r:.60}")
+    return v
+
+
+def _bool(obj: Mapping, key: str, where: str, default: bool) -> bool:
+    v = obj.get(key, default)
+    if not isinstance(v, bool):
+        raise RunFormatError(f"{where}.{key} must be true or false, got {v!r:.60}")
     return v
 
 
@@ -461,7 +522,11 @@ def parse_run(data: bytes | str) -> Run:
     run = Run(model=_str(doc, "model", "run"), model_label=_str(doc, "model_label", "run"),
               prompt=_str(doc, "prompt", "run"), prompt_mode=_str(doc, "prompt_mode", "run", ("raw", "chat")),
               sampling=cfg, max_new_tokens=_int(settings, "max_new_tokens", "settings", 1), steps=steps,
-              status=_str(doc, "status", "run", ("done", "stopped", "interrupted")))
+              status=_str(doc, "status", "run", ("done", "stopped", "interrupted")),
+              # optional: files saved before these fields existed stopped at the end token
+              stop_at_eos=_bool(settings, "stop_at_eos", "settings", default=True),
+              eos_ids=tuple(_int({"id": v}, "id", f"eos_ids[{i}]")
+                            for i, v in enumerate(_list(doc.get("eos_ids", []), "eos_ids", 16))))
     text = _get(doc, "text", "run")
     if text != run.text:
         raise RunFormatError("the field 'text' does not match the tokens in 'steps' (was the file edited?)")
@@ -469,7 +534,9 @@ def parse_run(data: bytes | str) -> Run:
 
 
 def new_run(lm: core.LanguageModel, model_label: str, prompt: str, mode: str, cfg: SamplingConfig,
-            max_new_tokens: int) -> Run:
-    """An empty run about to be generated."""
+            max_new_tokens: int, *, asked_mode: str | None = None, stop_at_eos: bool = True,
+            previous: Run | None = None) -> Run:
+    """An empty run about to be generated (numbered after `previous`, the run it replaces)."""
     return Run(model=lm.name, model_label=model_label, prompt=prompt, prompt_mode=mode, sampling=cfg,
-               max_new_tokens=max_new_tokens)
+               max_new_tokens=max_new_tokens, asked_mode=asked_mode or mode, stop_at_eos=stop_at_eos,
+               eos_ids=tuple(sorted(lm.tokenizer.eos_ids)), number=(previous.number if previous else 0) + 1)

@@ -11,6 +11,7 @@ import plotly.graph_objects as go
 import torch
 
 import core
+from ui.format import fmt_prob
 
 # LLMs-from-scratch ch. 5: the next word after "every effort moves you" in a 9-word vocabulary.
 PROMPT = "every effort moves you"
@@ -51,14 +52,13 @@ def run_lesson(cfg: core.SamplingConfig, n_draws: int = N_DRAWS) -> LessonResult
     return LessonResult(cfg=cfg, probs=probs, counts=counts)
 
 
-def percent_label(p: float) -> str:
-    """A probability as a short label people can read off a projector."""
-    if p <= 0:
-        return "cut"
-    pct = 100 * p
-    if pct < 0.1:
-        return "<0.1%"
-    return f"{pct:.1f}%"
+def probability_label(position: int, p: float, cfg: core.SamplingConfig) -> str:
+    """The bar label of the word at `position` in ORDER (0 = best score): its probability, or why it is 0."""
+    if p > 0:
+        return fmt_prob(p)
+    if cfg.top_k is not None and position >= cfg.top_k:
+        return "cut by top-k"
+    return "0% at T = 0" if cfg.greedy else fmt_prob(p)
 
 
 def numbers_table(result: LessonResult) -> pd.DataFrame:
@@ -67,7 +67,7 @@ def numbers_table(result: LessonResult) -> pd.DataFrame:
     return pd.DataFrame({
         "word": [WORDS[i] for i in ORDER],
         "score": [SCORES[i] for i in ORDER],
-        "probability %": [round(100 * float(result.probs[i]), 2) for i in ORDER],
+        "probability": [fmt_prob(float(result.probs[i])) for i in ORDER],
         f"draws out of {n:,}": [int(result.counts[i]) for i in ORDER],
     })
 
@@ -93,7 +93,8 @@ def probability_figure(result: LessonResult) -> go.Figure:
     """Bars of each word's probability in %, on a fixed 0-100 % axis; words cut by top-k are grey."""
     probs = [float(result.probs[i]) for i in ORDER]
     colors = [KEPT_COLOR if p > 0 else CUT_COLOR for p in probs]
-    return _bar_figure([100 * p for p in probs], [percent_label(p) for p in probs], colors,
+    labels = [probability_label(pos, p, result.cfg) for pos, p in enumerate(probs)]
+    return _bar_figure([100 * p for p in probs], labels, colors,
                        "probability (%)", 100, "%{y}: %{x:.2f}%")
 
 
@@ -120,11 +121,18 @@ def temperature_note(temperature: float) -> str:
             "so unlikely words (even “pizza”) get a real chance.")
 
 
-def top_k_note(top_k: int) -> str:
-    """One plain sentence about what this top-k does."""
+def top_k_note(top_k: int, temperature: float = 1.0) -> str:
+    """One plain sentence about what this top-k does (at this temperature: T = 0 leaves one word anyway)."""
+    top = WORDS[ORDER[0]]
     if top_k >= len(WORDS):
+        if temperature == 0:
+            return (f"Top-k {len(WORDS)}: top-k is off, but temperature 0 already leaves only “{top}”: "
+                    "the other words get 0%.")
         return f"Top-k {len(WORDS)}: all {len(WORDS)} words stay in the running (top-k is off)."
     kept = ", ".join(f"“{WORDS[i]}”" for i in ORDER[:top_k])
     if top_k == 1:
         return f"Top-k 1: only {kept} is left, so it wins every time, whatever the temperature."
-    return f"Top-k {top_k}: only {kept} can be picked; the other words are cut to 0 %."
+    if temperature == 0:
+        return (f"Top-k {top_k}: only {kept} can be picked, and temperature 0 then takes “{top}” every time; "
+                "the other words are cut to 0%.")
+    return f"Top-k {top_k}: only {kept} can be picked; the other words are cut to 0%."

@@ -6,7 +6,7 @@ from __future__ import annotations
 import codecs
 import functools
 import math
-from collections.abc import MutableMapping, Sequence
+from collections.abc import Callable, MutableMapping, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -16,28 +16,18 @@ import torch
 from torch import Tensor
 
 import core
-from ui.format import escape_html, plotly_text, show_token, token_labels
+from ui.format import (escape_html, fmt_prob, plotly_text, plural, settings_label, show_token, token_labels,
+                       visible_text)
 
 STEPS_KEY = "nt_steps"        # session_state: list of Pick dicts, one per appended token
 CONTEXT_KEY = "nt_context"    # session_state: (model, prompt, mode) the steps belong to
+SHELF_KEY = "nt_shelf"        # session_state: {context: steps} set aside when the prompt, mode or model changed
+MOVED_KEY = "nt_moved_from"   # session_state: the context whose steps were just set aside (to offer them back)
+SHELF_SIZE = 20               # continuations kept per session
 
 RAW_COLOR = "#9fb7d6"
 FILTERED_COLOR = "#1f5fbf"
 REMOVED_COLOR = "#c4c4c4"
-
-
-# --- numbers for people ----------------------------------------------------------------------
-
-def fmt_prob(p: float) -> str:
-    """A probability as a percentage that never shows a kept token as "0.0 %"."""
-    if p <= 0:
-        return "0 %"
-    if p >= 0.999995:
-        return "100 %"
-    pct = p * 100
-    if pct >= 0.1:
-        return f"{pct:.1f} %"
-    return f"{pct:.2g} %"
 
 
 # --- the distribution, analysed once per rerun ------------------------------------------------
@@ -121,18 +111,6 @@ def status_text(stage: str | None, cfg: core.SamplingConfig) -> str:
         # T > 0 never removes a token on purpose: its probability underflowed float32.
         return f"rounds to 0 at T = {cfg.temperature:g}"
     return f"removed by {stage}"
-
-
-def settings_label(cfg: core.SamplingConfig) -> str:
-    """Short description of the active settings, e.g. "T = 0.7, top-p 0.9"."""
-    parts = ["T = 0 (greedy)" if cfg.greedy else f"T = {cfg.temperature:g}"]
-    if cfg.top_k:
-        parts.append(f"top-k {cfg.top_k}")
-    if cfg.top_p < 1:
-        parts.append(f"top-p {cfg.top_p:g}")
-    if cfg.min_p > 0:
-        parts.append(f"min-p {cfg.min_p:g}")
-    return ", ".join(parts)
 
 
 COLUMNS = ["rank", "token", "id", "logit", "raw probability", "filtered probability", "status", "text"]
@@ -362,10 +340,67 @@ def appended_ids(state: MutableMapping) -> list[int]:
 
 
 def sync_context(state: MutableMapping, context: tuple) -> None:
-    """Forget the continuation when the model, prompt or prompt mode changed."""
-    if state.get(CONTEXT_KEY) != context:
-        state[CONTEXT_KEY] = context
-        state[STEPS_KEY] = []
+    """Follow a change of model, prompt or prompt mode without losing anything: the old context's tokens
+    are set aside (and offered back), and a context seen before gets its own tokens back."""
+    old = state.get(CONTEXT_KEY)
+    if old == context:
+        return
+    shelf = dict(state.get(SHELF_KEY, {}))
+    old_steps = state.get(STEPS_KEY, [])
+    if old is not None and old_steps:
+        shelf[old] = old_steps
+    state[STEPS_KEY] = shelf.pop(context, [])
+    state[MOVED_KEY] = old if (old is not None and old_steps and not state[STEPS_KEY]) else None
+    state[SHELF_KEY] = dict(list(shelf.items())[-SHELF_SIZE:])
+    state[CONTEXT_KEY] = context
+
+
+@dataclass(frozen=True)
+class SetAside:
+    """Tokens appended to an earlier prompt, kept while the user decides what to do with them."""
+
+    context: tuple          # (model, prompt, mode) they belong to
+    picks: list[Pick]
+
+    def describe(self, current: tuple) -> str:
+        """Plain text: what was set aside and why."""
+        n = len(self.picks)
+        text = "".join(p.text for p in self.picks)
+        what = "the model" if self.context[0] != current[0] else (
+            "the prompt mode" if self.context[1] == current[1] else "the prompt")
+        return (f"You changed {what}, so the {plural(n, 'token')} you appended (“{visible_text(text)}”) "
+                f"{'was' if n == 1 else 'were'} set aside, not deleted.")
+
+
+def set_aside(state: MutableMapping) -> SetAside | None:
+    """The continuation just set aside by a prompt/mode/model change, while the new context has none."""
+    moved = state.get(MOVED_KEY)
+    if moved is None or state.get(STEPS_KEY) or moved not in state.get(SHELF_KEY, {}):
+        return None
+    return SetAside(moved, [Pick(**d) for d in state[SHELF_KEY][moved]])
+
+
+def carry_over(state: MutableMapping) -> None:
+    """Append the set-aside tokens after the current prompt (same model: their ids mean the same tokens)."""
+    aside = set_aside(state)
+    if aside is None or aside.context[0] != state.get(CONTEXT_KEY, (None,))[0]:
+        return
+    shelf = dict(state[SHELF_KEY])
+    state[STEPS_KEY] = shelf.pop(aside.context)
+    state[SHELF_KEY], state[MOVED_KEY] = shelf, None
+
+
+def restore_context(state: MutableMapping, prompt_key: str = "prompt", mode_key: str = "prompt_mode") -> None:
+    """Callback: put the earlier prompt and mode back in the sidebar widgets; the next run's sync_context
+    then brings their tokens back from the shelf."""
+    aside = set_aside(state)
+    if aside is not None:
+        state[prompt_key], state[mode_key] = aside.context[1], aside.context[2]
+
+
+def dismiss_set_aside(state: MutableMapping) -> None:
+    """Stop offering them (they stay on the shelf: going back to that prompt still brings them back)."""
+    state[MOVED_KEY] = None
 
 
 def append_pick(state: MutableMapping, pick: Pick) -> None:
@@ -381,15 +416,22 @@ def reset(state: MutableMapping) -> None:
     state[STEPS_KEY] = []
 
 
+def current_analysis(state: MutableMapping, context: tuple, prompt_ids: Sequence[int],
+                     logits_of: Callable[[tuple[int, ...]], np.ndarray], cfg: core.SamplingConfig) -> Analysis:
+    """The distribution after the prompt + the tokens appended to it, for the settings given."""
+    sync_context(state, context)
+    return analyze(logits_of(tuple(prompt_ids) + tuple(appended_ids(state))), cfg)
+
+
 def on_sample(state: MutableMapping, a: Analysis, tokenizer: core.Tokenizer) -> None:
-    """Button callback: draw one token with the current settings and append it."""
+    """Draw one token from `a` (the current distribution) and append it."""
     tid = sample_token(a, len(state.get(STEPS_KEY, [])))
     append_pick(state, make_pick(a, tokenizer, tid, "sampled"))
 
 
 def on_choose(state: MutableMapping, a: Analysis, tokenizer: core.Tokenizer, token_id: int | None = None,
               widget_key: str | None = None) -> None:
-    """Button callback: append a token the user chose (given, or read from a selectbox's key)."""
+    """Append a token the user chose (given, or read from a selectbox's key)."""
     tid = token_id if token_id is not None else state.get(widget_key)
     if tid is not None:
         append_pick(state, make_pick(a, tokenizer, int(tid), "chosen"))
@@ -404,22 +446,16 @@ def text_pieces(tokenizer: core.Tokenizer, ids: Sequence[int]) -> list[str]:
     return pieces
 
 
-def _visible(text: str) -> str:
-    """Control characters (NUL, ESC, ...) as \\xNN, so they show instead of vanishing; newlines and tabs stay."""
-    return "".join(f"\\x{ord(ch):02x}" if (ord(ch) < 32 and ch not in "\n\t") or ord(ch) == 127 else ch
-                   for ch in text)
-
-
 def text_so_far_html(prompt_text: str, pieces: Sequence[str]) -> str:
     """The prompt (dimmed) and the appended tokens (highlighted, alternating shades): every piece
     of text is escaped, because model and user text are untrusted."""
     spans = "".join(
         f'<span style="background:rgba(31,95,191,{0.16 if i % 2 == 0 else 0.30});border-radius:3px;'
-        f'padding:1px 0" title="step {i + 1}">{escape_html(_visible(p))}</span>' for i, p in enumerate(pieces))
+        f'padding:1px 0" title="step {i + 1}">{escape_html(visible_text(p))}</span>' for i, p in enumerate(pieces))
     return ('<div style="white-space:pre-wrap;word-break:break-word;font-family:ui-monospace,SFMono-Regular,'
             'Menlo,Consolas,monospace;font-size:0.95rem;line-height:1.6;padding:0.6rem 0.8rem;max-height:14rem;'
             'overflow-y:auto;border:1px solid rgba(128,128,128,0.35);border-radius:0.5rem">'
-            f'<span style="opacity:0.65">{escape_html(_visible(prompt_text))}</span>{spans}'
+            f'<span style="opacity:0.65">{escape_html(visible_text(prompt_text))}</span>{spans}'
             '<span style="opacity:0.5">▌</span></div>')
 
 

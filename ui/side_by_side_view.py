@@ -5,7 +5,7 @@ No Streamlit import, so every function here is unit-testable on plain tensors an
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 
 import pandas as pd
 import plotly.graph_objects as go
@@ -13,11 +13,15 @@ import torch
 from torch import Tensor
 
 import core
-from ui.format import escape_html, plotly_text, show_token, token_labels
+from ui.format import (escape_html, fmt_bits, fmt_prob, plotly_text, plural, settings_label, show_token, token_labels,
+                       visible_text)
 
 DEFAULT_TEMPERATURES: tuple[float, ...] = (0.1, 1.0, 5.0, 2.0)   # the book's 0.1, 1, 5, then one more
 COLORS: tuple[str, ...] = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd")
 N_DRAWS = 1000                                                     # the book's experiment size
+RANDOM_COLUMN = "random number (same for every column)"
+# Why a column stopped early, in plain words (core's Step.finished; "length" is said once, in the status line).
+STOP_REASONS = {"eos": "stopped: the model wrote its end-of-text token"}
 CRN_SENTENCE = ("Every column uses the same random number at each step (common random numbers), "
                 "so any difference between the columns comes from the temperature, not from luck.")
 
@@ -54,15 +58,7 @@ def column_specs(temperatures: Sequence[float], base: core.SamplingConfig) -> li
 
 def filters_caption(cfg: core.SamplingConfig) -> str:
     """What the sidebar applies to every column, in words."""
-    parts = []
-    if cfg.top_k:
-        parts.append(f"top-k {cfg.top_k}")
-    if cfg.top_p != 1:
-        parts.append(f"top-p {cfg.top_p:g}")
-    if cfg.min_p != 0:
-        parts.append(f"min-p {cfg.min_p:g}")
-    filters = " · ".join(parts) if parts else "no filters (top-k, top-p and min-p are off)"
-    return (f"From the sidebar, for every column: {filters} · seed {cfg.seed}. "
+    return (f"From the sidebar, for every column: {settings_label(cfg, temperature=False, seed=True)}. "
             "The sidebar's temperature slider is not used here: each column sets its own.")
 
 
@@ -82,7 +78,7 @@ def distribution_figure(labels: Sequence[str], probs: Sequence[float], x_max: fl
     safe = [plotly_text(label) for label in labels]
     fig = go.Figure(go.Bar(
         x=list(probs), y=safe, orientation="h", marker_color=color,
-        text=[percent(p) for p in probs], textposition="outside", cliponaxis=False,
+        text=[fmt_prob(p) for p in probs], textposition="outside", cliponaxis=False,
         hovertemplate="%{y}: %{x:.4%}<extra></extra>",
     ))
     fig.update_layout(
@@ -99,60 +95,53 @@ def shared_x_max(prob_rows: Sequence[Sequence[float]]) -> float:
     return min(1.0, top) * 1.3 or 1.0
 
 
-def percent(p: float) -> str:
-    """A probability as a short percentage that never rounds a non-zero value to "0%"."""
-    if p == 0:
-        return "0%"
-    if p >= 0.1:
-        return f"{p:.0%}"
-    if p >= 0.001:
-        return f"{p:.1%}"
-    return f"{p * 100:.2g}%"
-
-
 def column_summary(probs: Tensor, shown_ids: Sequence[int]) -> str:
     """Entropy and how much probability the shown tokens hold, for the caption under a chart."""
     bits = float(core.entropy(probs))
     kept = int((probs > 0).sum())
     shown = float(probs[list(shown_ids)].sum())
-    return (f"entropy {bits:.2f} bits · {kept:,} tokens possible · "
-            f"top {len(shown_ids)} hold {percent(min(shown, 1.0))}")
+    return (f"entropy {fmt_bits(bits)} · {plural(kept, 'token')} possible · "
+            f"top {len(shown_ids)} hold {fmt_prob(min(shown, 1.0))}")
 
 
 # --- streamed generation ----------------------------------------------------------------------
 
-@dataclass
+@dataclass(frozen=True)
 class GenerationRun:
-    """Tokens generated so far for each valid column; kept in session state so Stop keeps them."""
+    """Tokens generated so far for each valid column; kept in session state so Stop keeps them.
+
+    Frozen: each step gives a new run (session state values are replaced, never mutated in place).
+    """
 
     key: tuple                                          # settings it was made with; stale when they change
-    names: list[str]                                    # ColumnSpec.name of each generated column
-    ids: list[list[int]] = field(default_factory=list)
-    texts: list[list[str]] = field(default_factory=list)
-    probs: list[list[float]] = field(default_factory=list)
-    finished: list[str | None] = field(default_factory=list)
-    uniforms: list[float] = field(default_factory=list)
+    names: tuple[str, ...]                              # ColumnSpec.name of each generated column
+    ids: tuple[tuple[int, ...], ...] = ()
+    texts: tuple[tuple[str, ...], ...] = ()
+    probs: tuple[tuple[float, ...], ...] = ()
+    finished: tuple[str | None, ...] = ()
+    uniforms: tuple[float, ...] = ()
     complete: bool = False
     seconds: float = 0.0
 
-    def __post_init__(self) -> None:
-        n = len(self.names)
-        self.ids = self.ids or [[] for _ in range(n)]
-        self.texts = self.texts or [[] for _ in range(n)]
-        self.probs = self.probs or [[] for _ in range(n)]
-        self.finished = self.finished or [None] * n
+    @classmethod
+    def start(cls, key: tuple, names: Sequence[str]) -> GenerationRun:
+        n = len(names)
+        return cls(key, tuple(names), ((),) * n, ((),) * n, ((),) * n, (None,) * n)
 
-    def add(self, steps: Sequence[core.Step | None]) -> None:
-        """Append one step of generate_many (None marks a column that already finished)."""
+    def add(self, steps: Sequence[core.Step | None], seconds: float = 0.0) -> GenerationRun:
+        """This run plus one step of generate_many (None marks a column that already finished)."""
         uniform = next(s.uniform for s in steps if s is not None)
-        self.uniforms.append(uniform)
-        for i, step in enumerate(steps):
-            if step is None:
-                continue
-            self.ids[i].append(step.token_id)
-            self.texts[i].append(step.text)
-            self.probs[i].append(step.prob)
-            self.finished[i] = step.finished
+
+        def grow(old: tuple, value: Callable[[core.Step], object]) -> tuple:
+            return tuple(col if st is None else (*col, value(st)) for col, st in zip(old, steps))
+
+        return replace(self, ids=grow(self.ids, lambda st: st.token_id), texts=grow(self.texts, lambda st: st.text),
+                       probs=grow(self.probs, lambda st: st.prob),
+                       finished=tuple(f if st is None else st.finished for f, st in zip(self.finished, steps)),
+                       uniforms=(*self.uniforms, uniform), seconds=seconds or self.seconds)
+
+    def done(self) -> GenerationRun:
+        return replace(self, complete=True)
 
     @property
     def steps(self) -> int:
@@ -176,31 +165,20 @@ def first_divergence(token_lists: Sequence[Sequence[int]]) -> int | None:
 
 
 def divergence_caption(run: GenerationRun) -> str:
-    """One sentence about where the columns part ways."""
+    """Where the columns part ways, and which columns chose what there (columns may agree in groups)."""
     if len(run.names) < 2 or run.steps == 0:
         return ""
     i = run.divergence
     if i is None:
-        return f"All columns chose the same {run.steps} token{'s' if run.steps != 1 else ''}."
-    if i == 0:
-        return "The columns diverge at token 1 (highlighted): they differ from the very first choice."
-    return (f"The columns diverge at token {i + 1} (highlighted): the first {i} "
-            f"token{'s are' if i != 1 else ' is'} the same in every column.")
-
-
-def readable_text(text: str) -> str:
-    """Model text made visible as plain text: "↵" before each line break, control characters as \\xNN."""
-    out = []
-    for ch in text:
-        if ch == "\n":
-            out.append("↵\n")
-        elif ch == "\r":
-            out.append("⏎")
-        elif ch != "\t" and (ord(ch) < 32 or ord(ch) == 127):
-            out.append(f"\\x{ord(ch):02x}")
-        else:
-            out.append(ch)
-    return "".join(out)
+        return f"All columns chose the same {plural(run.steps, 'token')}."
+    groups: dict[tuple[int, str] | None, list[str]] = {}   # (token id, its text) or None once ended
+    for name, ids, texts in zip(run.names, run.ids, run.texts):
+        groups.setdefault((ids[i], texts[i]) if i < len(ids) else None, []).append(name)
+    parts = [f"{' and '.join(names)} had already ended" if chose is None else
+             f"{' and '.join(names)} chose “{visible_text(chose[1])}”" for chose, names in groups.items()]
+    same = ("" if i == 0 else
+            f"; the first {plural(i, 'token')} {'are' if i != 1 else 'is'} the same in every column")
+    return f"The columns part ways at token {i + 1} (highlighted){same}: {'; '.join(parts)}."
 
 
 def prompt_tail(prompt: str, max_chars: int = 60) -> str:
@@ -216,25 +194,37 @@ _MARK = "background:#ffd54f;color:#000;border-radius:3px;padding:0 2px;outline:1
 def continuation_html(prompt: str, texts: Sequence[str], color: str, highlight: int | None = None,
                       finished: str | None = None, cursor: bool = False) -> str:
     """The prompt's tail in grey, then the generated tokens; every piece of model or user text is escaped."""
-    parts = [f'<span style="opacity:0.55">{escape_html(readable_text(prompt_tail(prompt)))}</span>']
+    parts = [f'<span style="opacity:0.55">{escape_html(visible_text(prompt_tail(prompt)))}</span>']
     for i, text in enumerate(texts):
-        piece = escape_html(readable_text(text))
+        piece = escape_html(visible_text(text))
         if i == highlight:
             piece = (f'<mark data-testid="sbs-diverge" style="{_MARK}" '
                      f'title="the columns diverge here">{piece or "∅"}</mark>')
         parts.append(f'<span style="color:{color}">{piece}</span>' if piece else "")
     if cursor:
         parts.append('<span style="opacity:0.5">▌</span>')
-    if finished == "eos":
-        parts.append(' <span style="opacity:0.6;font-size:0.8rem">[end of text]</span>')
+    if finished in STOP_REASONS:
+        parts.append(f' <span style="opacity:0.6;font-size:0.8rem">[{escape_html(STOP_REASONS[finished])}]</span>')
     return f'<div data-testid="sbs-text" style="{_BOX}">{"".join(parts)}</div>'
+
+
+def run_status(run: GenerationRun, max_new: int) -> str:
+    """Why the run ended, in plain words, then where the columns part ways."""
+    if not run.complete:
+        head = f"Stopped after {plural(run.steps, 'token')} (Stop button or a change of setting)."
+    elif all(f == "eos" for f in run.finished):
+        head = f"Every column ended with the model's end-of-text token, after {plural(run.steps, 'step')}."
+    else:
+        head = f"Generated {plural(run.steps, 'token')} (the limit was {max_new}) in {run.seconds:.1f} s."
+    return f"{head} {divergence_caption(run)}".strip()
 
 
 def steps_table(run: GenerationRun) -> pd.DataFrame:
     """Step by step: the shared random number and what each column drew with it."""
-    data: dict[str, list] = {"token": list(range(1, run.steps + 1)), "shared u": [round(u, 4) for u in run.uniforms]}
+    data: dict[str, list] = {"step": list(range(1, run.steps + 1)),
+                             RANDOM_COLUMN: [round(u, 4) for u in run.uniforms]}
     for name, texts, probs in zip(run.names, run.texts, run.probs):
-        cells = [f"{show_token(t)}  ({percent(p)})" for t, p in zip(texts, probs)]
+        cells = [f"{show_token(t)}  ({fmt_prob(p)})" for t, p in zip(texts, probs)]
         data[name] = cells + ["(ended)"] * (run.steps - len(cells))
     return pd.DataFrame(data)
 

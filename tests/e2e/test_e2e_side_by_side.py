@@ -68,9 +68,9 @@ def test_generate_streams_into_every_column(page: Page, app_url: str) -> None:
     assert all(t.startswith("Every effort moves you") and len(t) > 40 for t in texts), texts
     assert texts[0].startswith("Every effort moves you away"), texts[0]   # T = 0.1 follows the top token
     assert len(set(texts)) > 1, texts                                      # T = 5 wanders off
-    done = _caption_with(page, r"^30 tokens in")
-    assert "diverge at token" in done or "same 30 tokens" in done, done
-    if "diverge" in done:
+    done = _caption_with(page, r"^Generated 30 tokens")
+    assert "part ways at token" in done or "same 30 tokens" in done, done
+    if "part ways" in done:
         assert page.locator("[data-testid='sbs-diverge']").count() == 3
     print(f"\nfirst tokens after {first_s:.2f} s (seen while running: {streaming}); "
           f"30 tokens x 3 columns in {total_s:.2f} s; {done}")
