@@ -25,7 +25,8 @@ from pathlib import Path
 import torch
 
 import core
-from core.parallel import BLAS, GOVERNOR, TWO_CORES_ENV, cpu_times, two_way
+from core.backends.fast.cores import GOVERNOR, TWO_CORES_ENV, cpu_times
+from core.backends.fast.openblas import BLAS
 from core.runtime import approximate, configure_threads
 
 ROOT = Path(__file__).resolve().parent.parent
