@@ -90,12 +90,12 @@ class LanguageModel:
             raise ValueError(f"token id {bad} is outside the vocabulary 0..{self.vocab_size - 1}")
         return ids
 
-    def read_prompt(self, ids: Sequence[int], max_len: int,
-                    progress: backends.ProgressCallback | None = None) -> tuple[KVCache, Tensor]:
-        """A one-row state holding ids (checked, at most context_length) and the float32 logits (1, V)
-        after them. Only the tokens after the longest prefix in `prefixes` are read; progress(done,
-        total) reports them. Call inside torch.inference_mode()."""
-        state = self.prefixes.start(ids, max_len, lambda n: self.engine.new_state(1, n))
+    def read_prompt(self, ids: Sequence[int], max_len: int, progress: backends.ProgressCallback | None = None,
+                    spare: int = 0) -> tuple[KVCache, Tensor]:
+        """A one-row state of at least max_len positions holding ids (checked, at most context_length),
+        and the float32 logits (1, V) after them. Only the tokens after the longest prefix in `prefixes`
+        are read; progress(done, total) reports them. Call inside torch.inference_mode()."""
+        state = self.prefixes.start(ids, max_len, lambda n: self.engine.new_state(1, n), spare)
         logits = self.engine.prefill(torch.tensor([ids[state.pos:]], device=self.device), state, progress)
         return state, logits
 
@@ -104,7 +104,8 @@ class LanguageModel:
         """Raw float32 logits (V,), on lm.device, for the token after ids; only the last context_length
         ids are read, and of those only what no earlier call read (see `prefixes`)."""
         ids = self.check_ids(ids)[-self.context_length:]
-        state, logits = self.read_prompt(ids, min(self.context_length, len(ids) + SLACK), progress)
+        spare = min(SLACK, self.context_length - len(ids))
+        state, logits = self.read_prompt(ids, len(ids), progress, spare)
         self.prefixes.put(ids, state)
         return logits[0]
 

@@ -41,10 +41,10 @@ class PrefixStore:
         with self._lock:
             return sum(s.nbytes for s in self._entries.values())
 
-    def start(self, ids: Sequence[int], max_len: int, new_state: Callable[[int], KVCache]) -> KVCache:
-        """A one-row state of at least max_len positions whose first `pos` positions hold ids[:pos],
+    def start(self, ids: Sequence[int], need: int, new_state: Callable[[int], KVCache], spare: int = 0) -> KVCache:
+        """A one-row state of at least `need` positions whose first `pos` positions hold ids[:pos],
         for the longest stored match, pos < len(ids) so that the caller reads at least one token;
-        pos = 0 (a fresh state) when nothing matches."""
+        pos = 0 when nothing matches. A new state gets `spare` positions more, for later appends."""
         with self._lock:
             best, n = None, 0
             for key in self._entries:
@@ -52,14 +52,14 @@ class PrefixStore:
                 if m > n:
                     best, n = key, m
             if best is None:
-                return new_state(max_len)
+                return new_state(need + spare)
             self._entries.move_to_end(best)
             found = self._entries[best]
-            if found.max_len >= max_len:
+            if found.max_len >= need:
                 del self._entries[best]  # handed over: the caller writes after position n
                 found.pos = n
                 return found
-            state = new_state(max_len)  # too short to extend: copy the shared part
+            state = new_state(need + spare)  # too short to extend: copy the shared part
             for dst, src in zip((*state.k, *state.v), (*found.k, *found.v)):
                 dst[:, :, :n] = src[:, :, :n]
         state.pos = n

@@ -71,6 +71,11 @@ class FastCPUBackend(Backend):
             self._sin = torch.cat([-sin[:, :half], sin[:, half:]], dim=1).reshape(len(sin), 2, half).numpy()
 
     def prefill(self, ids: Tensor, state: KVCache, progress: ProgressCallback | None = None) -> Tensor:
+        if ids.shape[1] == 1:  # one token after a stored prefix (an appended token): a decode step
+            logits = self.step(ids[:, 0], state)
+            if progress is not None:
+                progress(1, 1)
+            return logits
         GOVERNOR.begin(id(state))  # a prompt being read takes a core: other requests' steps use one
         try:
             return super().prefill(ids, state, progress)
