@@ -41,6 +41,11 @@ class PrefixStore:
         with self._lock:
             return sum(s.nbytes for s in self._entries.values())
 
+    def longest(self, ids: Sequence[int]) -> int:
+        """How many leading tokens of ids some stored state holds (0: none)."""
+        with self._lock:
+            return max((common_prefix(key, ids) for key in self._entries), default=0)
+
     def start(self, ids: Sequence[int], need: int, new_state: Callable[[int], KVCache], spare: int = 0) -> KVCache:
         """A one-row state of at least `need` positions whose first `pos` positions hold ids[:pos],
         for the longest stored match, pos < len(ids) so that the caller reads at least one token;
