@@ -47,6 +47,7 @@ def _stream(s: Settings, max_new: int, colour_by: str, slot) -> None:
     run = gv.new_run(lm, s.model_label, s.prompt, mode, s.sampling, max_new)
     st.session_state[RUN], st.session_state[ORIGIN], st.session_state[ASKED] = run, None, s.mode
     st.session_state[RUN_NO] = st.session_state.get(RUN_NO, 0) + 1
+    bridge.read_prompt(s.model, ids)  # a long prompt: a progress bar while it is read
     last = 0.0
     for step in core.generate(lm, ids, s.sampling, max_new, top_n=gv.TOP_N):
         run = run.add(step)

@@ -20,6 +20,7 @@ state = st.session_state
 view.sync_context(state, (s.model, s.prompt, s.mode))
 appended = view.appended_ids(state)
 ids = prompt_ids + tuple(appended)
+bridge.read_prompt(s.model, ids)  # a long prompt: a progress bar while it is read
 # Cached on (model, ids): a slider move redraws from these logits without running the model.
 a = view.analyze(bridge.next_token_logits(s.model, ids), s.sampling)
 
