@@ -63,11 +63,11 @@ class LanguageModel:
 
     @property
     def context_length(self) -> int:
-        return self.model.cfg.context_length
+        return self.engine.context_length
 
     @property
     def vocab_size(self) -> int:
-        return self.model.cfg.vocab_size
+        return self.engine.vocab_size
 
     @property
     def has_chat(self) -> bool:

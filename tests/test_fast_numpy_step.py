@@ -74,10 +74,18 @@ def lm(request: pytest.FixtureRequest) -> core.LanguageModel:
 
 
 @needs_openblas
-def test_numpy_step_matches_the_torch_step(lm: core.LanguageModel) -> None:
+@pytest.mark.parametrize("pack", [True, False])
+def test_numpy_step_matches_the_torch_step(lm: core.LanguageModel, pack: bool) -> None:
     """Step after step past a 300-token prompt: the same logits (float32 rounding aside) and the same
-    keys and values written into the cache as the torch model."""
-    fast, plain = FastCPUBackend(lm.model), TorchBackend(lm.model)
+    keys and values written into the cache as the torch model; with packed copies or the model's own weights."""
+    fast, plain = FastCPUBackend(lm.model, pack=pack), TorchBackend(lm.model)
+    if not pack:  # every product reads the model's own memory
+        own = {p.data_ptr() for p in lm.model.parameters()}
+        blocks = fast.arrays.blocks[0]
+        gemvs = [getattr(blocks, f) for f in ("qkv", "o", "gate_up", "down") if hasattr(blocks, f)] or \
+            [blocks.qkv, blocks.out, blocks.fc_in, blocks.fc_out]
+        parts = [q for g in gemvs for q in getattr(g, "parts", (g,))]
+        assert all(q.gemv.matrix.ctypes.data in own for q in parts + [fast.arrays.head])
     idx = torch.randint(0, lm.vocab_size, (1, 300), generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         fast_cache, torch_cache = fast.new_state(1, 306), plain.new_state(1, 306)

@@ -22,8 +22,9 @@ class Backend(ABC):
     """Runs one model for many requests; each request's state (its KV cache) is passed in, never kept.
 
     `prefill` reads tokens into a state and returns the logits after the last one; `step` advances
-    every row of a state by one token. Rows are independent: a row's logits have the same bits as
-    when it runs alone. Logits are float32 on the backend's device, one row per state row.
+    every row of a state by one token. Rows are independent: a row's logits are what it gets alone
+    (the fast backend: the same bits; torch's batched matmuls: float32 rounding aside). Logits are
+    float32 on the backend's device, one row per state row.
     `top_n` says what a backend reports: None means logits for the whole vocabulary; an engine that
     reports only its top N tokens (an OpenAI-compatible server) says N, and the other entries are -inf.
     """

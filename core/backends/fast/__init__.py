@@ -6,6 +6,9 @@ per-request KV cache the numpy step then extends. Only core.backends.choose impo
 """
 from __future__ import annotations
 
+import functools
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -22,48 +25,64 @@ def _view(t: Tensor) -> np.ndarray:
     return t.detach().numpy()  # the model's own memory, no copy
 
 
-def _proj(gemv_weights: tuple[Tensor, ...], bias: Tensor | None = None, wide_input: bool = False) -> RowProj:
-    """A product for the numpy step: the model's own row-major weight where the input is the wide
-    side (that layout streams faster there), else one packed column-major copy of the weights stacked."""
-    out = sum(w.shape[0] for w in gemv_weights)
-    gemv = shared(gemv_weights[0]) if wide_input and len(gemv_weights) == 1 else packed(*gemv_weights)
-    return RowProj(gemv, out, None if bias is None else _view(bias))
+@dataclass(frozen=True, eq=False)
+class Stacked:
+    """Several products on one input, their outputs side by side (q/k/v, gate/up without a fused copy)."""
+
+    parts: tuple[RowProj, ...]
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return np.concatenate([p(x) for p in self.parts], axis=-1)
 
 
-def _arrays(model: DecoderModel) -> DecoderArrays:
-    head = _proj((model.head_weight,))
+def _proj(weights: tuple[Tensor, ...], bias: Tensor | None = None, wide_input: bool = False,
+          pack: bool = True) -> RowProj | Stacked:
+    """A product for the numpy step. pack: one padded column-major copy of the weights stacked (it
+    streams faster unless the input is the wide side); otherwise, and where the input is the wide
+    side, the model's own row-major weights (no copy)."""
+    b = None if bias is None else _view(bias)
+    if pack and not wide_input:
+        return RowProj(packed(*weights), sum(w.shape[0] for w in weights), b)
+    parts = tuple(RowProj(shared(w), w.shape[0], b) for w in weights)
+    return parts[0] if len(parts) == 1 else Stacked(parts)
+
+
+def _arrays(model: DecoderModel, pack: bool) -> DecoderArrays:
+    proj = functools.partial(_proj, pack=pack)
+    head = proj((model.head_weight,))
     norm = tuple(_view(t) for t in model.final_norm.parameters())
     if isinstance(model, GPTModel):
         blocks = tuple(GPTBlockArrays((_view(b.norm1.weight), _view(b.norm1.bias)),
-                                      _proj((b.att.qkv.weight,), b.att.qkv.bias),
-                                      _proj((b.att.out_proj.weight,), b.att.out_proj.bias),
+                                      proj((b.att.qkv.weight,), b.att.qkv.bias),
+                                      proj((b.att.out_proj.weight,), b.att.out_proj.bias),
                                       (_view(b.norm2.weight), _view(b.norm2.bias)),
-                                      _proj((b.ff[0].weight,), b.ff[0].bias),
-                                      _proj((b.ff[2].weight,), b.ff[2].bias, wide_input=True))
+                                      proj((b.ff[0].weight,), b.ff[0].bias),
+                                      proj((b.ff[2].weight,), b.ff[2].bias, wide_input=True))
                        for b in model.blocks)
         return DecoderArrays(_view(model.tok_emb.weight), _view(model.pos_emb.weight), blocks, norm, head)
     blocks = tuple(LlamaBlockArrays(_view(b.attn_norm.weight),
-                                    _proj((b.attn.q_proj.weight, b.attn.k_proj.weight, b.attn.v_proj.weight)),
-                                    _proj((b.attn.o_proj.weight,)), _view(b.ffn_norm.weight),
-                                    _proj((b.mlp.gate_proj.weight, b.mlp.up_proj.weight)),
-                                    _proj((b.mlp.down_proj.weight,), wide_input=True))
+                                    proj((b.attn.q_proj.weight, b.attn.k_proj.weight, b.attn.v_proj.weight)),
+                                    proj((b.attn.o_proj.weight,)), _view(b.ffn_norm.weight),
+                                    proj((b.mlp.gate_proj.weight, b.mlp.up_proj.weight)),
+                                    proj((b.mlp.down_proj.weight,), wide_input=True))
                    for b in model.blocks)
     return DecoderArrays(_view(model.tok_emb.weight), None, blocks, norm, head)
 
 
 class FastCPUBackend(Backend):
-    """float32 on the CPU where numpy has OpenBLAS; raises BackendUnavailable elsewhere."""
+    """float32 on the CPU where numpy has OpenBLAS; raises BackendUnavailable elsewhere.
+    pack=False shares every weight with the plain model (no copies, slower products; bench/ compares)."""
 
     name = "fast"
 
-    def __init__(self, model: DecoderModel) -> None:
+    def __init__(self, model: DecoderModel, pack: bool = True) -> None:
         super().__init__(model)
         if self.device.type != "cpu" or self.dtype != torch.float32:
             raise BackendUnavailable(f"the fast backend runs float32 on the CPU, not {self.dtype} on {self.device}")
         if BLAS is None:
             raise BackendUnavailable("numpy here has no OpenBLAS whose threads can be set")
         with LEASE.hold(two=True):  # checking each shape's two-thread bits changes the thread count
-            self.arrays = _arrays(model)
+            self.arrays = _arrays(model, pack)
         if not isinstance(model.cfg, GPTConfig):
             cos, sin = rope_tables(model.cfg.head_dim, model.cfg.rope_base, model.cfg.context_length)
             half = sin.shape[1] // 2
