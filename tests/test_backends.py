@@ -93,8 +93,8 @@ def test_golden_smollm2_on_both_backends(backend: str, smollm2: core.LanguageMod
 
 
 def test_float64_run_of_the_plain_backend() -> None:
-    lm32 = core.load_model("random:smollm2-135m", backend="torch")
-    lm64 = core.load_model("random:smollm2-135m", dtype=torch.float64)
+    lm32 = core.load_model("llama-tiny", backend="torch")
+    lm64 = core.load_model("llama-tiny", dtype=torch.float64)
     assert lm64.backend == "torch" and lm64.model.blocks[0].attn.q_proj.weight.dtype == torch.float64
     ids = [6109, 3626, 6100, 345, 11, 290]
     a, b = lm32.next_token_logits(ids), lm64.next_token_logits(ids)
@@ -156,7 +156,7 @@ def test_every_tensor_is_made_on_the_models_device(preset: str) -> None:
 def test_batched_step_rows_match_each_row_alone(backend: str) -> None:
     """One step advances several requests' rows; each row is what it gets alone: the same bits on the
     fast backend, float32 rounding aside on the plain one (torch's batched matmuls)."""
-    lm = core.load_model("random:smollm2-135m", backend=backend)
+    lm = core.load_model("llama-tiny", backend=backend)
     ids = torch.tensor([[5, 6, 7, 8]])
     tokens = torch.tensor([11, 2024, 7])
     with torch.inference_mode():
@@ -189,16 +189,16 @@ def _spy_prefill(lm: core.LanguageModel, monkeypatch: pytest.MonkeyPatch) -> lis
 
 @pytest.mark.parametrize("backend", ["fast", "torch"])
 def test_appending_a_token_reads_only_that_token(backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    lm = core.load_model("random:smollm2-135m", backend=backend)
+    lm = core.load_model("llama-tiny", backend=backend)
     read = _spy_prefill(lm, monkeypatch)
-    ids = torch.randint(0, lm.vocab_size, (300,), generator=torch.Generator().manual_seed(0)).tolist()
+    ids = torch.randint(0, lm.vocab_size, (200,), generator=torch.Generator().manual_seed(0)).tolist()
     lm.next_token_logits(ids)
     reused = lm.next_token_logits(ids + [42])
-    edited = lm.next_token_logits(ids[:250] + [7, 8])      # an edit near the end: the shared start is kept
+    edited = lm.next_token_logits(ids[:150] + [7, 8])      # an edit near the end: the shared start is kept
     shorter = lm.next_token_logits(ids[:100])             # a prefix of what is stored
-    assert read == [300, 1, 2, 1]
+    assert read == [200, 1, 2, 1]
     with torch.inference_mode():
-        for got, seq in ((reused, ids + [42]), (edited, ids[:250] + [7, 8]), (shorter, ids[:100])):
+        for got, seq in ((reused, ids + [42]), (edited, ids[:150] + [7, 8]), (shorter, ids[:100])):
             fresh = lm.model(torch.tensor([seq]))[0, -1]
             diff = (got - fresh).abs().max().item()
             assert diff < ATOL, f"prefix reuse vs a fresh forward: max |Δlogit| {diff:.2e}"
