@@ -128,7 +128,8 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
 def place(lm: LanguageModel, device: str | torch.device = "auto", dtype: torch.dtype = torch.float32,
           backend: str | None = None) -> LanguageModel:
-    """lm on device (see resolve_device) in dtype, run by `backend` (see core.backends.choose)."""
+    """lm on device (see resolve_device) in dtype, run by `backend` (see core.backends.choose).
+    Moves lm.model in place (nn.Module.to): meant for a model just loaded."""
     if not dtype.is_floating_point:
         raise ValueError(f"dtype must be a torch floating-point dtype, got {dtype}")
     target = resolve_device(device)
