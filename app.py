@@ -10,7 +10,8 @@ from ui.controls import render_sidebar
 
 st.set_page_config(page_title="Sampling Lab", page_icon=":material/casino:", layout="wide")
 # On every run: each rerun is a new thread, which starts from torch's process-wide thread count.
-# One thread: bench/RESULTS.md (decode steps take the second core through core/parallel.py).
+# One thread: bench/RESULTS.md (the fast backend's decode steps take the second core through its own
+# policy, core/backends/fast/cores.py).
 configure_threads()
 
 pages = [

@@ -5,6 +5,7 @@ import time
 import streamlit as st
 
 import core
+from ui import bridge
 from ui import generate_view as gv
 from ui.controls import (chat_temperature_hint, continue_past_end, load_model, prompt_mode, require_prompt_ids,
                          settings, template_expander)
@@ -20,6 +21,7 @@ def _stream(lm: core.LanguageModel, ids: tuple[int, ...], max_new: int, past_end
     run = gv.new_run(lm, s.model_label, s.prompt, prompt_mode(s, lm), s.sampling, max_new, asked_mode=s.mode,
                      stop_at_eos=not past_end, previous=state.get(gv.RUN_KEY))
     state[gv.RUN_KEY] = run
+    bridge.read_prompt(s.model, ids)  # a long prompt: a progress bar while it is read
     last = 0.0
     for step in core.generate(lm, ids, s.sampling, max_new, top_n=gv.TOP_N, stop_at_eos=not past_end):
         run = run.add(step)

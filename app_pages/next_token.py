@@ -24,7 +24,7 @@ def _act(kind: str) -> None:
         return   # require_model names the problem on the page run that follows
     ids = bridge.encode_prompt(s.model, s.prompt, prompt_mode(s, lm))
     a = view.current_analysis(st.session_state, (s.model, s.prompt, s.mode), ids,
-                              functools.partial(bridge.next_token_logits, s.model), s.sampling)
+                              functools.partial(bridge.prompt_logits, s.model), s.sampling)
     if kind == "sample":
         view.on_sample(st.session_state, a, lm.tokenizer)
     else:
@@ -42,7 +42,7 @@ tok = lm.tokenizer
 state = st.session_state
 context = (s.model, s.prompt, s.mode)
 # Cached on (model, ids): a slider move redraws from these logits without running the model.
-a = view.current_analysis(state, context, prompt_ids, functools.partial(bridge.next_token_logits, s.model),
+a = view.current_analysis(state, context, prompt_ids, functools.partial(bridge.prompt_logits, s.model),
                           s.sampling)
 appended = view.appended_ids(state)
 ids = prompt_ids + tuple(appended)

@@ -30,6 +30,7 @@ temps = [col.number_input(f"Temperature, column {i + 1}", value=view.DEFAULT_TEM
 specs = view.column_specs(temps, s.sampling)
 valid = [sp for sp in specs if sp.config is not None]
 
+bridge.read_prompt(s.model, ids)  # a long prompt: a progress bar while it is read
 # Cached logits: moving a temperature never re-runs the model.
 logits = torch.from_numpy(bridge.next_token_logits(s.model, ids))
 order = view.token_order(logits, top_n)

@@ -6,7 +6,6 @@ and reported as the median over repeats with [min–max]. Prints one table and w
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
 import gc
 import json
@@ -18,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,13 +25,18 @@ from pathlib import Path
 import torch
 
 import core
-from core.parallel import BLAS, GOVERNOR, TWO_CORES_ENV, cpu_times, two_way
+from core.backends import TorchBackend
+from core.backends.fast import FastCPUBackend
+from core.backends.fast.cores import GOVERNOR, TWO_CORES_ENV, cpu_times
+from core.backends.fast.openblas import BLAS
 from core.runtime import approximate, configure_threads
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "RESULTS.md"
 NEW_TOKENS = 100
 PROMPTS = (5, 500)
+READ_LENGTHS = (500, 2000)  # prompt reading, ours against llama.cpp
+APPEND_AT = 5000            # append one token to a prompt this long, with and without prefix reuse
 GREEDY = core.SamplingConfig(temperature=0)
 
 
@@ -170,10 +175,21 @@ def weight_bytes_per_token(model: torch.nn.Module) -> int:
 
 # ---------------------------------------------------------------- the three ways to generate
 
+def plain(lm: core.LanguageModel) -> core.LanguageModel:
+    """lm on the plain torch backend, sharing its weights (what SAMPLING_LAB_BACKEND=torch loads)."""
+    return core.LanguageModel(lm.name, lm.model, lm.tokenizer, lm.source, engine=TorchBackend(lm.model))
+
+
+def unpacked(lm: core.LanguageModel) -> core.LanguageModel:
+    """lm on the fast backend without its packed copies: every product on the model's own weights."""
+    return core.LanguageModel(lm.name, lm.model, lm.tokenizer, lm.source, engine=FastCPUBackend(lm.model, pack=False))
+
+
 def run_ours(lm: core.LanguageModel, ids: list[int], cores: str = "auto") -> tuple[float, float]:
     """The public path the app uses: core.generate (KV cache, Steps with top-N candidates).
-    cores: the two-core governor's mode, "auto" (the default everywhere) or "off" (one core)."""
+    cores: the fast backend's governor mode, "auto" (the default everywhere) or "off" (one core)."""
     GOVERNOR.mode = cores
+    lm.prefixes.clear()  # every run reads its prompt: no help from the one before
     try:
         t0 = time.perf_counter()
         stamps = [time.perf_counter() for _ in core.generate(lm, ids, GREEDY, NEW_TOKENS, stop_at_eos=False)]
@@ -299,25 +315,107 @@ def hf_smollm2():
                                                 dtype=torch.float32).eval().requires_grad_(False)
 
 
+# ---------------------------------------------------------------- llama.cpp on the same float32 weights
+
+def write_f32_gguf(src: str, dst: str) -> None:
+    """A float32 copy of a GGUF file: every tensor dequantised, every metadata field kept (FACTS.md)."""
+    import numpy as np
+    from gguf import GGUFReader, GGUFValueType, GGUFWriter, LlamaFileType
+    from gguf.quants import dequantize
+
+    reader = GGUFReader(src)
+    writer = GGUFWriter(dst, reader.fields["general.architecture"].contents())
+    for f in reader.fields.values():
+        if f.name.startswith("GGUF.") or f.name in ("general.architecture", "general.file_type"):
+            continue
+        sub = f.types[-1] if f.types[0] == GGUFValueType.ARRAY else None
+        writer.add_key_value(f.name, f.contents(), f.types[0], sub_type=sub)
+    writer.add_file_type(LlamaFileType.ALL_F32)
+    for t in reader.tensors:
+        writer.add_tensor(t.name, np.ascontiguousarray(dequantize(t.data, t.tensor_type), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+class LlamaCpp:
+    """llama.cpp's server (xllamacpp) in this process on a float32 GGUF, both cores, greedy."""
+
+    def __init__(self, gguf_path: str, n_ctx: int) -> None:
+        import socket
+
+        import xllamacpp as xlc
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        p = xlc.CommonParams()
+        p.model.path, p.port, p.hostnames, p.n_ctx = gguf_path, port, ["127.0.0.1"], n_ctx
+        p.cpuparams.n_threads = p.cpuparams_batch.n_threads = 2
+        self.server = xlc.Server(p)  # serves until this process exits
+        self.url = f"http://127.0.0.1:{port}"
+        for _ in range(200):
+            try:
+                urllib.request.urlopen(self.url + "/health", timeout=1).read()
+                return
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError("llama.cpp's server did not answer /health")
+
+    def complete(self, ids: list[int], n: int, cache_prompt: bool) -> dict:
+        body = json.dumps({"prompt": ids, "n_predict": n, "temperature": 0, "ignore_eos": True,
+                           "cache_prompt": cache_prompt}).encode()
+        req = urllib.request.Request(self.url + "/completion", body, {"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=600) as r:
+            return json.loads(r.read())
+
+    def decode(self, ids: list[int]) -> tuple[float, float]:
+        """(seconds to the first token, decode tok/s) for NEW_TOKENS greedy tokens, from its own timings."""
+        t = self.complete(ids, NEW_TOKENS, cache_prompt=False)["timings"]
+        return t["prompt_ms"] / 1e3, t["predicted_per_second"]
+
+    def read(self, ids: list[int], cache_prompt: bool = False) -> float:
+        """Wall seconds to read ids and give the next token."""
+        t0 = time.perf_counter()
+        self.complete(ids, 1, cache_prompt)
+        return time.perf_counter() - t0
+
+
+def start_llama_cpp(workdir: str, n_ctx: int) -> LlamaCpp | None:
+    from core.loading import _smollm2_path
+    try:
+        path = os.path.join(workdir, "smollm2-f32.gguf")
+        write_f32_gguf(_smollm2_path(), path)
+        return LlamaCpp(path, n_ctx)
+    except ImportError as e:  # xllamacpp or gguf missing: the rows say n/a
+        log(f"llama.cpp not available: {e}")
+        return None
+
+
 # ---------------------------------------------------------------- decode benchmark
 
 def bench_generation(table: Table, label: str, lm: core.LanguageModel, hf_model, repeats: int,
-                     lm_bf16: core.LanguageModel | None) -> None:
+                     lm_bf16: core.LanguageModel | None, llama: LlamaCpp | None = None) -> None:
     gen = torch.Generator().manual_seed(0)
     for plen in PROMPTS:
         ids = torch.randint(0, lm.vocab_size, (plen,), generator=gen).tolist()
         # one untimed warm-up of each, then alternate the methods inside every repeat
         run_ours(lm, ids[:5])
         run_hf(hf_model, ids[:5], 1)
+        lm_shared = unpacked(lm)
         methods: list[tuple[str, Callable[[], tuple[float, float]]]] = [
             ("tutorial loop", lambda: run_tutorial(lm, ids, sampled=plen > 100)),
             ("transformers generate, 1 thread", lambda: run_hf(hf_model, ids, 1)),
             ("transformers generate, 2 threads", lambda: run_hf(hf_model, ids, 2)),
             ("ours one core (SAMPLING_LAB_TWO_CORES=off)", lambda: run_ours(lm, ids, "off")),
             ("ours (core.generate)", lambda: run_ours(lm, ids)),
+            ("plain backend (SAMPLING_LAB_BACKEND=torch)", lambda: run_ours(plain(lm), ids)),
+            ("fast backend without packed copies (shared weights)", lambda: run_ours(lm_shared, ids)),
         ]
         if lm_bf16 is not None:
             methods.append(("ours bf16 (approximate)", lambda: run_ours(lm_bf16, ids)))
+        if llama is not None:
+            methods.append(("llama.cpp F32, 2 threads", lambda: llama.decode(ids)))
         for r in range(repeats):
             # the ceiling's bandwidth, measured between the decode runs, under the same conditions
             bandwidth_rows(table, f"{label}, ceiling", repeats=3)
@@ -334,31 +432,23 @@ def bench_generation(table: Table, label: str, lm: core.LanguageModel, hf_model,
 
 
 def bare_decode_ms(lm: core.LanguageModel, ctx: int, steps: int = 30, two: bool = False) -> list[float]:
-    """Model-only decode step (no sampling, no Step building), ms per step, at a ctx-token context;
-    two=True runs core.parallel's two-core path (no governor)."""
-    m = lm.model
-    with torch.inference_mode():
-        cache = m.new_cache(1, ctx + steps + 1)
-        m(torch.randint(0, lm.vocab_size, (1, ctx), generator=torch.Generator().manual_seed(2)), cache, last_only=True)
-        x = torch.tensor([[11]])
-        out = []
-        for _ in range(steps):
-            t = time.perf_counter()
-            with two_way(two):
-                m(x, cache, last_only=True)
-            out.append((time.perf_counter() - t) * 1e3)
-    return out
-
-
-@contextlib.contextmanager
-def torch_gemvs(model: torch.nn.Module) -> Iterator[None]:
-    """Decode steps in torch alone: the torch forward with its own BLAS (MKL, one core) instead of
-    core.numpy_step on numpy's OpenBLAS, the comparison behind core/numpy_step.py and core/parallel.py."""
-    model.prepare_for_inference(openblas=False)
+    """Model-only decode step (no sampling, no Step building) through lm.engine, ms per step, at a
+    ctx-token context; two=True forces the fast backend's two-core path (governor "on")."""
+    engine = lm.engine
+    mode, GOVERNOR.mode = GOVERNOR.mode, "on" if two else "off"
     try:
-        yield
+        with torch.inference_mode():
+            state = engine.new_state(1, ctx + steps + 1)
+            engine.prefill(torch.randint(0, lm.vocab_size, (1, ctx), generator=torch.Generator().manual_seed(2)), state)
+            x = torch.tensor([11])
+            out = []
+            for _ in range(steps):
+                t = time.perf_counter()
+                engine.step(x, state)
+                out.append((time.perf_counter() - t) * 1e3)
     finally:
-        model.prepare_for_inference()
+        GOVERNOR.mode = mode
+    return out
 
 
 # ---------------------------------------------------------------- threads
@@ -369,8 +459,8 @@ def _busy(stop_at: float) -> None:
 
 
 def bench_threads(table: Table, lm: core.LanguageModel, label: str, threads: int) -> None:
-    """Decode, idle and with a busy loop in another process: model-only steps on one core, on two
-    cores (core.parallel), and torch alone with 2 threads for everything; then core.generate with the
+    """Decode, idle and with a busy loop in another process: model-only steps of the fast backend on
+    one core and on two, and of the plain backend with 2 torch threads; then core.generate with the
     governor deciding (auto) against one core, and auto with torch's threads left at 2, in ms per token."""
     ids = list(range(1000, 1100))
     for busy in (False, True):
@@ -382,11 +472,11 @@ def bench_threads(table: Table, lm: core.LanguageModel, label: str, threads: int
         load = "other core busy" if busy else "no extra load"
         try:
             for _ in range(2):
-                for name, n, two in (("one core", 1, False), ("two cores (core.parallel)", 1, True),
-                                     ("2 torch threads, torch alone (torch forward, MKL GEMVs)", 2, False)):
+                for name, m, n, two in (("fast backend, one core", lm, 1, False),
+                                        ("fast backend, two cores", lm, 1, True),
+                                        ("plain backend, 2 torch threads", plain(lm), 2, False)):
                     configure_threads(n)
-                    with torch_gemvs(lm.model) if n > 1 else contextlib.nullcontext():
-                        ms = statistics.median(bare_decode_ms(lm, 100, steps=15, two=two))
+                    ms = statistics.median(bare_decode_ms(m, 100, steps=15, two=two))
                     table.add("threads", f"{label} decode step, {name}, {load}", "ms", ms)
                 # the last: a notebook that never calls configure_threads, torch on its default count
                 for name, mode, n in (("one core", "off", threads), ("auto (governor)", "auto", threads),
@@ -401,6 +491,43 @@ def bench_threads(table: Table, lm: core.LanguageModel, label: str, threads: int
                 proc.join()
 
 
+# ---------------------------------------------------------------- prompt reading and prefix reuse
+
+def bench_prompt_reading(table: Table, lm: core.LanguageModel, llama: LlamaCpp | None, repeats: int) -> None:
+    """Seconds to read a prompt and give the next token's logits (lm.next_token_logits, nothing stored
+    before), against llama.cpp without its prompt cache; then one token appended to an APPEND_AT-token
+    prompt: with prefix reuse (the prompt was just read), without it, and llama.cpp with cache_prompt."""
+    sec = "SmolLM2-135M, prompt reading"
+    gen = torch.Generator().manual_seed(4)
+    longest = torch.randint(0, lm.vocab_size, (APPEND_AT + 1,), generator=gen).tolist()
+    lm_plain = plain(lm)
+
+    def read(m: core.LanguageModel, ids: list[int]) -> float:
+        m.prefixes.clear()
+        t0 = time.perf_counter()
+        m.next_token_logits(ids)
+        return time.perf_counter() - t0
+
+    for _ in range(repeats):
+        for n in READ_LENGTHS:
+            ids = longest[:n]
+            table.add(sec, f"ours (fast backend), {n} tokens", "s", read(lm, ids))
+            table.add(sec, f"plain backend, {n} tokens", "s", read(lm_plain, ids))
+            if llama is not None:
+                table.add(sec, f"llama.cpp F32, 2 threads, {n} tokens", "s", llama.read(ids))
+        prompt, appended = longest[:APPEND_AT], longest
+        sec_a = f"SmolLM2-135M, append one token at {APPEND_AT} tokens"
+        table.add(sec_a, "ours without prefix reuse (the whole prompt read again)", "s", read(lm, appended))
+        lm.next_token_logits(prompt)
+        t0 = time.perf_counter()
+        lm.next_token_logits(appended)
+        table.add(sec_a, "ours with prefix reuse (core: lm.prefixes)", "s", time.perf_counter() - t0)
+        lm.prefixes.clear()
+        if llama is not None:
+            llama.read(prompt, cache_prompt=True)
+            table.add(sec_a, "llama.cpp F32 with cache_prompt", "s", llama.read(appended, cache_prompt=True))
+
+
 # ---------------------------------------------------------------- load time and memory
 
 _LOAD_CHILD = r"""
@@ -410,7 +537,10 @@ import core
 from core.runtime import configure_threads
 configure_threads()
 t = time.perf_counter()
-lm = core.load_model(None, cache_dir={cache!r})
+lm = core.load_model(None, cache_dir={cache!r}, backend={backend!r}.replace("fast unpacked", "torch"))
+if {backend!r} == "fast unpacked":
+    from core.backends.fast import FastCPUBackend
+    lm = core.LanguageModel(lm.name, lm.model, lm.tokenizer, engine=FastCPUBackend(lm.model, pack=False))
 dt = time.perf_counter() - t
 lm.next_token_logits([1, 2, 3])
 print(json.dumps({{"load_s": dt, "rss_mb": psutil.Process().memory_info().rss / 2**20}}))
@@ -420,13 +550,18 @@ print(json.dumps({{"load_s": dt, "rss_mb": psutil.Process().memory_info().rss / 
 def bench_load(table: Table, repeats: int) -> None:
     with tempfile.TemporaryDirectory(prefix="sampling-lab-bench-cache-") as cache:
         for i in range(1 + repeats):
-            code = _LOAD_CHILD.format(root=str(ROOT), cache=cache)
-            res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-            r = json.loads(res.stdout.strip().splitlines()[-1])
-            kind = "cold (parse GGUF + dequantise + write float32 cache)" if i == 0 else "cached (float32 safetensors)"
-            table.add("load (default model SmolLM2-135M)", f"{kind}", "s", r["load_s"])
-            table.add("load (default model SmolLM2-135M)", f"resident memory after load + one forward, {kind.split()[0]}",
-                      "MiB", r["rss_mb"])
+            for backend in ("fast", "fast unpacked", "torch"):
+                if i == 0 and backend != "fast":
+                    continue  # the cold load writes the cache the others read
+                code = _LOAD_CHILD.format(root=str(ROOT), cache=cache, backend=backend)
+                res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+                r = json.loads(res.stdout.strip().splitlines()[-1])
+                kind = "cold (parse GGUF + dequantise + write float32 cache)" if i == 0 else "cached (float32 safetensors)"
+                sec = "load (default model SmolLM2-135M)"
+                if backend == "fast":
+                    table.add(sec, f"{kind}", "s", r["load_s"])
+                table.add(sec, f"resident memory after load + one forward, {kind.split()[0]}, {backend} backend",
+                          "MiB", r["rss_mb"])
 
 
 # ---------------------------------------------------------------- slider move
@@ -461,20 +596,19 @@ def bench_slider(table: Table, lm: core.LanguageModel, label: str, repeats: int 
 def bench_side_by_side(table: Table, lm: core.LanguageModel, label: str, repeats: int) -> None:
     """The Side-by-side page's work: three temperatures advancing together (core.generate_many), in
     ms per step (all three columns), through the numpy step on two cores while free (the default)
-    and on one, and through torch's batched forward (the numpy step switched off)."""
+    and on one, and through the plain backend's batched forward."""
     cfgs = [core.SamplingConfig(temperature=t, seed=123) for t in (0.5, 1.0, 1.5)]
     ids = lm.tokenizer.encode("Every effort moves you")
-    model = lm.model
     for _ in range(repeats):
-        for name, mode, numpy_step in (("ours (core.generate_many)", "auto", True),
-                                       ("ours one core (SAMPLING_LAB_TWO_CORES=off)", "off", True),
-                                       ("torch's batched forward (numpy step off)", "off", False)):
-            arrays = model.arrays
-            GOVERNOR.mode, model.arrays = mode, arrays if numpy_step else None
+        for name, m, mode in (("ours (core.generate_many)", lm, "auto"),
+                              ("ours one core (SAMPLING_LAB_TWO_CORES=off)", lm, "off"),
+                              ("plain backend's batched forward", plain(lm), "off")):
+            GOVERNOR.mode = mode
+            m.prefixes.clear()
             try:
-                stamps = [time.perf_counter() for _ in core.generate_many(lm, ids, cfgs, 40, stop_at_eos=False)]
+                stamps = [time.perf_counter() for _ in core.generate_many(m, ids, cfgs, 40, stop_at_eos=False)]
             finally:
-                GOVERNOR.mode, model.arrays = "auto", arrays
+                GOVERNOR.mode = "auto"
             table.add("side by side", f"{label}, 3 columns: {name}", "ms/step",
                       1e3 * (stamps[-1] - stamps[0]) / (len(stamps) - 1))
 
@@ -487,7 +621,13 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch threads for the generation table "
                     "(default: core.runtime.configure_threads(), i.e. $SAMPLING_LAB_THREADS or 1)")
     ap.add_argument("--no-write", action="store_true", help="print only; leave bench/RESULTS.md alone")
+    ap.add_argument("--quick", action="store_true", help="a few minutes: short prompts and generations, one "
+                    "repeat, no threads section; checks that the bench runs (implies --no-write)")
     args = ap.parse_args()
+    if args.quick:
+        global NEW_TOKENS, PROMPTS, READ_LENGTHS, APPEND_AT
+        NEW_TOKENS, PROMPTS, READ_LENGTHS, APPEND_AT = 20, (5, 100), (100, 300), 600
+        args.repeats, args.no_write = 1, True
     started = time.perf_counter()
     info = machine()
     table = Table()
@@ -500,26 +640,32 @@ def main() -> None:
             table.add("bandwidth", read_row(n), "GB/s", v)
 
     threads = configure_threads(args.threads)
-    info["torch threads (generation)"] = (f"{threads}; one-token steps use both cores while the other is free "
-                                          f"(core.parallel, {TWO_CORES_ENV}={GOVERNOR.mode})")
+    info["torch threads (generation)"] = (f"{threads}; the fast backend's one-token steps use both cores while "
+                                          f"the other is free (core/backends/fast/cores.py, "
+                                          f"{TWO_CORES_ENV}={GOVERNOR.mode})")
     info["decode GEMVs"] = BLAS.config if BLAS is not None else "torch (no OpenBLAS in numpy here)"
 
+    workdir = tempfile.TemporaryDirectory(prefix="sampling-lab-bench-")
+    log("llama.cpp: writing the float32 GGUF and starting its server")
+    llama = start_llama_cpp(workdir.name, n_ctx=max(APPEND_AT, *READ_LENGTHS, max(PROMPTS) + NEW_TOKENS) + 64)
     models = [("GPT-2 124M random", lambda: core.load_model("random:gpt2"), hf_gpt2_from_ours),
               ("SmolLM2-135M", lambda: core.load_model("smollm2"), lambda lm: hf_smollm2())]
     for label, load_ours, load_hf in models:
         log(f"{label}: loading ours and transformers'")
         lm = load_ours()
+        assert lm.backend == "fast", f"the fast backend should apply here, got {lm.backend}"
         hf_model = load_hf(lm)
         lm_bf16 = approximate(lm)
         configure_threads(threads)
-        bench_generation(table, label, lm, hf_model, args.repeats, lm_bf16)
+        bench_generation(table, label, lm, hf_model, args.repeats, lm_bf16,
+                         llama if label.startswith("SmolLM2") else None)
         log(f"{label}: bare decode and bandwidth share")
         for _ in range(args.repeats):
-            for name, m, two, mkl in (("ours one core", lm, False, False), ("ours two cores", lm, True, False),
-                                       ("ours one core, torch alone (torch forward, MKL GEMVs)", lm, False, True),
-                                       ("ours bf16 one core", lm_bf16, False, False)):
-                with torch_gemvs(m.model) if mkl else contextlib.nullcontext():
-                    ms = statistics.median(bare_decode_ms(m, 5, two=two))
+            for name, m, two in (("ours one core", lm, False), ("ours two cores", lm, True),
+                                 ("ours without packed copies, one core", unpacked(lm), False),
+                                 ("plain backend (torch forward, MKL GEMVs)", plain(lm), False),
+                                 ("ours bf16 one core", lm_bf16, False)):
+                ms = statistics.median(bare_decode_ms(m, 5, two=two))
                 table.add(f"{label}, ceiling", f"{name}: model-only decode step (ctx 5)", "ms", ms)
         nbytes = weight_bytes_per_token(lm.model)
         best_bw = max(table.get(f"{label}, ceiling", read_row(n)) for n in (1, 2))
@@ -535,9 +681,12 @@ def main() -> None:
                   100 * (1e3 / table.get(f"{label}, ceiling", "ours two cores: model-only decode step (ctx 5)"))
                   / ceiling)
         if label.startswith("GPT-2"):
-            log("threads")
-            bench_threads(table, lm, label, threads)
+            if not args.quick:
+                log("threads")
+                bench_threads(table, lm, label, threads)
         else:
+            log("prompt reading and prefix reuse")
+            bench_prompt_reading(table, lm, llama, args.repeats)
             log("slider move")
             bench_slider(table, lm, label)
             log("side by side")
@@ -547,6 +696,7 @@ def main() -> None:
 
     log("load time")
     bench_load(table, repeats=args.repeats)
+    workdir.cleanup()
 
     summary = targets(table)
     elapsed = time.perf_counter() - started
@@ -571,13 +721,27 @@ def targets(t: Table) -> list[tuple[str, str, bool]]:
             ours = t.get(sec, "ours (core.generate): decode")
             hf = max(t.get(sec, f"transformers generate, {n}: decode") for n in ("1 thread", "2 threads"))
             tut = t.get(sec, "tutorial loop: decode")
-            out.append((f"{label}, prompt {plen}: ours ≥ 1.3× transformers (its faster thread setting)",
-                        f"{ours / hf:.2f}×", ours / hf >= 1.3))
+            out.append((f"{label}, prompt {plen}: fast backend ≥ 2× transformers (its faster thread setting)",
+                        f"{ours / hf:.2f}×", ours / hf >= 2))
+            plain_tps = t.get(sec, "plain backend (SAMPLING_LAB_BACKEND=torch): decode")
+            out.append((f"{label}, prompt {plen}: plain backend ≥ 1.3× transformers", f"{plain_tps / hf:.2f}×",
+                        plain_tps / hf >= 1.3))
+            llama = t.get(sec, "llama.cpp F32, 2 threads: decode")
+            if llama == llama:  # measured (SmolLM2 only)
+                out.append((f"{label}, prompt {plen}: fast backend against llama.cpp F32 (reported, no target)",
+                            f"{ours / llama:.2f}×", True))
             need = 5 if plen == 5 else 25
             out.append((f"{label}, prompt {plen}: ours ≥ {need}× tutorial loop", f"{ours / tut:.1f}×", ours / tut >= need))
         for plen in PROMPTS:
             share = t.get(f"{label}, ceiling", f"ours (core.generate) at prompt {plen} as share of ceiling")
             out.append((f"{label}, prompt {plen}: ours ≥ 60% of bandwidth ceiling", f"{share:.0f}%", share >= 60))
+    for n in READ_LENGTHS:
+        sec = "SmolLM2-135M, prompt reading"
+        ours, llama = t.get(sec, f"ours (fast backend), {n} tokens"), t.get(sec, f"llama.cpp F32, 2 threads, {n} tokens")
+        out.append((f"prompt reading at {n} tokens ≤ llama.cpp's time", f"{ours:.2f} s vs {llama:.2f} s",
+                    ours <= llama))
+    append = t.get(f"SmolLM2-135M, append one token at {APPEND_AT} tokens", "ours with prefix reuse (core: lm.prefixes)")
+    out.append((f"append one token at {APPEND_AT} tokens < 0.15 s", f"{append:.3f} s", append < 0.15))
     cached = t.get("load (default model SmolLM2-135M)", "cached (float32 safetensors)")
     out.append(("cached load of the default model < 2 s", f"{cached:.2f} s", cached < 2))
     slider = t.get("slider move", "SmolLM2-135M: + plotly figure and its JSON")

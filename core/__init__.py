@@ -6,9 +6,15 @@ Pure Python + PyTorch (no streamlit), usable from a notebook:
     lm = core.load_model()                       # bundled SmolLM2-135M-Instruct, offline
     logits = lm.next_token_logits(lm.tokenizer.encode("Every effort moves you"))
     probs = core.probabilities(logits, core.SamplingConfig(temperature=0.7, top_p=0.95))
+
+`lm.model` is the plain PyTorch model (core/models.py); `lm.engine` runs it (core/backends: "torch"
+on any device and dtype, or "fast", float32 on the CPU); `lm.prefixes` keeps recent prompts' KV
+states so a prompt that extends one reads only its new tokens.
 """
+from . import backends
 from .config import GPT_PRESETS, LLAMA_PRESETS, GPTConfig, LlamaConfig
 from .generation import Candidate, Step, generate, generate_many
+from .backends import Backend, BackendUnavailable
 from .loading import (DEFAULT_MODEL, EmptyPromptError, LanguageModel, ModelUnavailableError, load_checkpoint,
                       load_model)
 from .samplers import dry_breaker_ids
@@ -19,7 +25,7 @@ from .tokenizer import Tokenizer, TokenizerError
 from .weights import WeightsError
 
 __all__ = [
-    "GPT_PRESETS", "LLAMA_PRESETS", "GPTConfig", "LlamaConfig", "Candidate", "Step", "generate", "generate_many",
+    "backends", "Backend", "BackendUnavailable", "GPT_PRESETS", "LLAMA_PRESETS", "GPTConfig", "LlamaConfig", "Candidate", "Step", "generate", "generate_many",
     "DEFAULT_MODEL", "EmptyPromptError", "LanguageModel", "ModelUnavailableError", "load_checkpoint", "load_model",
     "PRESETS", "SamplingConfig", "Stage", "apply_min_p", "apply_temperature", "apply_top_k", "apply_top_p",
     "entropy", "filter_logits", "make_generator", "moot_warnings", "pipeline", "probabilities", "sample",

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .backends import ProgressCallback
 from .loading import LanguageModel
 from .models import KVCache
-from .parallel import GOVERNOR, one_torch_thread, two_way
 from .samplers import dry_breaker_ids
 from .sampling import SamplingConfig, argmax, draw_uniform, entropy, make_generator, probabilities, rank_of, sample
 
@@ -83,17 +83,21 @@ def _rank(logits: Tensor, token: int, top: tuple[Candidate, ...]) -> int:
     for c in top:
         if c.token_id == token:
             return 1 + sum(other.logit > c.logit for other in top)
-    return int(rank_of(logits, torch.tensor(token)))
+    return int(rank_of(logits, torch.tensor(token, device=logits.device)))
 
 
 def generate_many(lm: LanguageModel, prompt: str | Sequence[int], configs: Sequence[SamplingConfig],
                   max_new_tokens: int = 40, *, seed: int | None = None, mode: str = "raw", top_n: int = 10,
-                  use_cache: bool = True, stop_at_eos: bool = True) -> Iterator[list[Step | None]]:
+                  use_cache: bool = True, stop_at_eos: bool = True,
+                  progress: ProgressCallback | None = None) -> Iterator[list[Step | None]]:
     """Several sampling settings, one prompt, advancing together; yields one list per step.
 
     Common random numbers: every column draws with the same uniform value at each step, so
     differences come from the settings, not from luck. A finished column yields None.
-    seed defaults to configs[0].seed; one torch.Generator serves the whole request.
+    seed defaults to configs[0].seed; one torch.Generator serves the whole request. The columns
+    step together through lm.engine, each with the bits it would get alone. The prompt is read
+    once, after the longest prefix lm.prefixes holds (progress(done, total) reports it), and the
+    request's state goes back to lm.prefixes when it ends.
     """
     if not configs:
         raise ValueError("configs must hold at least one SamplingConfig")
@@ -110,58 +114,61 @@ def generate_many(lm: LanguageModel, prompt: str | Sequence[int], configs: Seque
                                                          lm.tokenizer.encode, lm.tokenizer.vocab_size)
                 for c in configs if c.dry_multiplier}
     done = [False] * b
-    cache: KVCache | None = None
-    request = id(gen)  # names this request to the two-core governor
-    GOVERNOR.begin(request)
+    state: KVCache | None = None
+    whole = False  # state holds exactly seqs[0][:state.pos] (not so while a step is under way)
     try:
         with torch.inference_mode():
             if use_cache:
-                cache = lm.model.new_cache(1, len(ids) + max_new)
-                logits = lm.model(torch.tensor([ids]), cache, last_only=True)[:, -1].float()  # (1, V)
-                cache = cache.repeat_batch(b)
+                state, logits = lm.read_prompt(ids, len(ids) + max_new, progress)
+                if b > 1:  # the prompt's state is copied per column and not written again: store it now
+                    prompt_state, state = state, state.repeat_batch(b)
+                    lm.prefixes.put(ids, prompt_state)
                 logits = logits.expand(b, -1)
+                whole = b == 1
             for step in range(max_new):
-                with one_torch_thread():  # not while yielding: the caller's own code keeps its threads
-                    if not use_cache:  # the tutorial's loop: re-read the whole sequence every token
-                        logits = lm.model(torch.tensor(seqs), last_only=True)[:, -1].float()
-                    elif step:
-                        with two_way(GOVERNOR.allow(request)):  # same bits on one core or two
-                            logits = lm.model(chosen.view(b, 1), cache, last_only=True)[:, -1].float()
-                    # drawn every step, so greedy columns never shift the others
-                    u = draw_uniform(gen, 1).expand(b)
-                    # XTC's coin, shared by every column; drawn only when needed (runs without XTC keep their draws)
-                    u_xtc = draw_uniform(gen, 1) if any(c.xtc_needs_draw for c in configs) else None
-                    raw_probs = torch.softmax(logits, dim=-1)
-                    probs = torch.stack([probabilities(logits[i], c, history=seqs[i], prompt_length=len(ids),
-                                                       dry_breakers=breakers.get(c.dry_sequence_breakers, ()),
-                                                       xtc_uniform=u_xtc)
-                                         for i, c in enumerate(configs)])
-                    # a greedy row is one token at probability 1, which every draw picks: skip the draw
-                    chosen = argmax(probs) if greedy else sample(probs, uniform=u)
-                    raw_ent, ent = entropy(raw_probs), entropy(probs)
-                    out: list[Step | None] = []
-                    for i in range(b):
-                        tok = int(chosen[i])
-                        seqs[i].append(tok)  # finished columns too, so the batch stays rectangular
-                        if done[i]:
-                            out.append(None)
-                            continue
-                        finished = "eos" if (stop_at_eos and tok in lm.tokenizer.eos_ids) else (
-                            "length" if step == max_new - 1 else None)
-                        done[i] = finished is not None
-                        before, after = _candidates(lm, logits[i], raw_probs[i], probs[i], top_n)
-                        text = decoders[i].decode(lm.tokenizer.token_bytes(tok), final=finished is not None)
-                        out.append(Step(index=step, token_id=tok, text=text,
-                                        prob=float(probs[i, tok]), raw_prob=float(raw_probs[i, tok]),
-                                        rank=_rank(logits[i], tok, before),
-                                        entropy=float(ent[i]), raw_entropy=float(raw_ent[i]),
-                                        top_before=before, top_after=after, uniform=float(u[i]),
-                                        prompt_tokens=len(ids), truncated=dropped, finished=finished))
+                if not use_cache:  # the tutorial's loop: re-read the whole sequence every token
+                    logits = lm.model(torch.tensor(seqs, device=lm.device), last_only=True)[:, -1].float()
+                elif step:
+                    whole = False
+                    logits = lm.engine.step(chosen, state)
+                    whole = b == 1
+                # drawn every step, so greedy columns never shift the others; kept on the CPU in float64
+                # (MPS has none): sample() moves it to the device
+                u = draw_uniform(gen, 1).expand(b)
+                # XTC's coin, shared by every column; drawn only when needed (runs without XTC keep their draws)
+                u_xtc = draw_uniform(gen, 1) if any(c.xtc_needs_draw for c in configs) else None
+                raw_probs = torch.softmax(logits, dim=-1)
+                probs = torch.stack([probabilities(logits[i], c, history=seqs[i], prompt_length=len(ids),
+                                                   dry_breakers=breakers.get(c.dry_sequence_breakers, ()),
+                                                   xtc_uniform=u_xtc)
+                                     for i, c in enumerate(configs)])
+                # a greedy row is one token at probability 1, which every draw picks: skip the draw
+                chosen = argmax(probs) if greedy else sample(probs, uniform=u)
+                raw_ent, ent = entropy(raw_probs), entropy(probs)
+                out: list[Step | None] = []
+                for i in range(b):
+                    tok = int(chosen[i])
+                    seqs[i].append(tok)  # finished columns too, so the batch stays rectangular
+                    if done[i]:
+                        out.append(None)
+                        continue
+                    finished = "eos" if (stop_at_eos and tok in lm.tokenizer.eos_ids) else (
+                        "length" if step == max_new - 1 else None)
+                    done[i] = finished is not None
+                    before, after = _candidates(lm, logits[i], raw_probs[i], probs[i], top_n)
+                    text = decoders[i].decode(lm.tokenizer.token_bytes(tok), final=finished is not None)
+                    out.append(Step(index=step, token_id=tok, text=text,
+                                    prob=float(probs[i, tok]), raw_prob=float(raw_probs[i, tok]),
+                                    rank=_rank(logits[i], tok, before),
+                                    entropy=float(ent[i]), raw_entropy=float(raw_ent[i]),
+                                    top_before=before, top_after=after, uniform=float(u[i]),
+                                    prompt_tokens=len(ids), truncated=dropped, finished=finished))
                 yield out
                 if all(done):
                     return
     finally:
-        GOVERNOR.finish(request)
+        if whole and state is not None:  # done writing to it, also when the caller stops early
+            lm.prefixes.put(seqs[0][:state.pos], state)
 
 
 def generate(lm: LanguageModel, prompt: str | Sequence[int], config: SamplingConfig | None = None,

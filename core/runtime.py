@@ -1,19 +1,18 @@
-"""Process-wide runtime settings: torch threads, and the optional bfloat16 (approximate) mode.
+"""Process-wide runtime settings, made once at start-up: torch threads; and the bfloat16 (approximate) mode.
 
-Measured on the project's 2-core CPU (bench/RESULTS.md): with the other core busy (the Streamlit
-server, a second session, a browser), two torch threads wait on each other and decode is about 2x
-slower than with one, and MKL's one-row matmuls gain nothing from a second thread anyway. So the
-default is one thread, overridable with SAMPLING_LAB_THREADS; decode steps get the second core
-through core/parallel.py (numpy's OpenBLAS), only while it is free.
+With another core busy (the Streamlit server, a second session, a browser), two torch threads wait
+on each other (bench/RESULTS.md), so an app sets one, overridable with SAMPLING_LAB_THREADS; the
+fast backend's decode steps take the second core through its own policy (core/backends/fast/cores.py).
 """
 from __future__ import annotations
 
+import copy
 import os
 from dataclasses import replace
 
 import torch
 
-from .loading import LanguageModel
+from .loading import LanguageModel, place
 
 DEFAULT_THREADS = 1
 THREADS_ENV = "SAMPLING_LAB_THREADS"
@@ -41,8 +40,5 @@ def approximate(lm: LanguageModel, dtype: torch.dtype = torch.bfloat16) -> Langu
     next_token_logits still returns float32 logits; the KV cache follows the weights' dtype."""
     if dtype not in (torch.bfloat16, torch.float16):
         raise ValueError(f"approximate mode needs bfloat16 or float16, got {dtype}")
-    with torch.device("meta"):  # no random init: every tensor comes from lm
-        model = type(lm.model)(lm.model.cfg)
-    # load_state_dict's post-hook re-runs prepare_for_inference (fusion, layout) on the new weights
-    model.load_state_dict({k: v.to(dtype) for k, v in lm.model.state_dict().items()}, strict=True, assign=True)
-    return replace(lm, model=model.eval().requires_grad_(False), name=f"{lm.name} (bfloat16, approximate)")
+    copied = replace(lm, model=copy.deepcopy(lm.model), name=f"{lm.name} (bfloat16, approximate)")
+    return place(copied, lm.device, dtype, backend="torch")

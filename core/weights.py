@@ -29,9 +29,7 @@ def load_checked(cfg: GPTConfig | LlamaConfig, state: Mapping[str, Tensor], sour
     """Build a model for cfg and fill it from state, checking every key, shape and value first."""
     with torch.device("meta"):  # no random init: every tensor comes from state
         model = build_model(cfg)
-    expected = {k: v.shape for k, v in model.state_dict().items()}
-    if cfg.tied_head:
-        expected.pop("out_head.weight")
+    expected = {k: v.shape for k, v in model.state_dict().items()}  # a tied head is tok_emb itself: no key
     missing = sorted(set(expected) - set(state))
     if missing:
         raise WeightsError(f"{source}: missing tensor {missing[0]!r}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
@@ -52,11 +50,7 @@ def load_checked(cfg: GPTConfig | LlamaConfig, state: Mapping[str, Tensor], sour
         if t.numel() and not all(torch.isfinite(v) for v in torch.aminmax(t)):
             raise WeightsError(f"{source}: {key!r} contains NaN or infinite values")
         clean[key] = t
-    if cfg.tied_head:
-        clean["out_head.weight"] = clean["tok_emb.weight"]
     model.load_state_dict(clean, strict=True, assign=True)
-    if cfg.tied_head:
-        model.out_head.weight = model.tok_emb.weight
     return model.eval().requires_grad_(False)
 
 
@@ -65,8 +59,6 @@ def random_state(cfg: GPTConfig | LlamaConfig, seed: int = 0) -> dict[str, Tenso
     gen = torch.Generator().manual_seed(seed)
     with torch.device("meta"):
         shapes = {k: v.shape for k, v in build_model(cfg).state_dict().items()}
-    if cfg.tied_head:
-        shapes.pop("out_head.weight")
     state = {}
     for key, shape in shapes.items():
         if len(shape) == 1:

@@ -28,7 +28,29 @@ def get_model(source: str, _progress: Callable[[int, int | None], None] | None =
 @st.cache_data(show_spinner=False, max_entries=512)
 def next_token_logits(source: str, ids: tuple[int, ...]) -> np.ndarray:
     """Raw logits for the token after ids: depends on model + prompt only, never on a slider."""
-    return get_model(source).next_token_logits(list(ids)).numpy()
+    return get_model(source).next_token_logits(list(ids)).cpu().numpy()  # the UI edge: to the CPU
+
+
+def read_prompt(source: str, ids: tuple[int, ...]) -> None:
+    """Read a long prompt the model has not read yet, with a progress bar: the calls after this one
+    (cached logits, generation) then find it in the model's prefix store and read only what follows."""
+    lm = get_model(source)
+    ids = ids[-lm.context_length:]
+    if len(ids) <= core.backends.PREFILL_CHUNK or lm.prefixes.longest(ids) >= len(ids) - 1:
+        return
+    bar = st.progress(0.0, text="Reading the prompt…")
+
+    def progress(done: int, total: int) -> None:
+        bar.progress(done / total, text=f"Reading the prompt… {done:,} of {total:,} tokens")
+
+    lm.next_token_logits(list(ids), progress=progress)
+    bar.empty()
+
+
+def prompt_logits(source: str, ids: tuple[int, ...]) -> np.ndarray:
+    """`next_token_logits`, with a progress bar first where a long prompt has not been read yet."""
+    read_prompt(source, ids)
+    return next_token_logits(source, ids)
 
 
 @st.cache_data(show_spinner=False, max_entries=256)

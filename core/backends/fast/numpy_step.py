@@ -1,15 +1,13 @@
-"""The one-token decode step in numpy, for one cache row or several: the path every generated token takes.
+"""The one-token decode step in numpy, for one cache row or several: the fast backend's every token.
 
-A decode step is four GEMVs per block and about twenty small ops around them. In a real step each
-small torch op cost 5-20 us (dispatch, and caches the GEMVs had just flushed by streaming megabytes
-of weights): about a quarter of a SmolLM2 step. numpy runs the same small ops for a fraction of
-that. The GEMVs are core.parallel's (OpenBLAS, one core or two), and the KV cache is the request's
-own (numpy views of its tensors), so a prefill in torch and the steps after it share one cache.
-The same bits on one core or two; float32 rounding aside, the same logits as the torch forward
-(tests/test_numpy_step.py compares them). Several rows (the side-by-side page's columns) step
-together, each with the bits it gets alone: the elementwise ops run on all rows at once, while
-norms, attention and every product run row by row. The models build these arrays only for float32
-weights on the CPU where numpy has OpenBLAS; otherwise their torch forward runs every step.
+A decode step is four GEMVs per block and about twenty small ops around them. In torch each small
+op cost 5-20 us (dispatch, and caches the GEMVs had just flushed by streaming megabytes of
+weights): about a quarter of a SmolLM2 step. numpy runs the same small ops for a fraction of that.
+The GEMVs are openblas.py's (one core or two), and the KV cache is the request's own (numpy views
+of its tensors), so a prefill in torch and the steps after it share one cache. The same bits on one
+core or two; float32 rounding aside, the same logits as the torch model (tests compare them).
+Several rows (the side-by-side page's columns) step together, each with the bits it gets alone:
+the elementwise ops run on all rows at once, while norms, attention and every product run row by row.
 """
 from __future__ import annotations
 
@@ -21,8 +19,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import GPTConfig, LlamaConfig
-from .parallel import BLAS, Gemv, row_product
+from ...config import GPTConfig, LlamaConfig
+from .openblas import BLAS, Gemv, row_product, two_cores
 
 
 @dataclass(frozen=True, eq=False)  # eq would compare arrays
@@ -97,8 +95,8 @@ def layer_norm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float) 
 
 
 def rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
-    """Rotate-half RoPE of x (..., heads, hd) at one position: models.apply_rope's math. cos (hd,)
-    and sin (2, hd/2), the sin's first half negated as `rope_tables` stores it."""
+    """Rotate-half RoPE of x (..., heads, hd) at one position: core.models.apply_rope's math. cos (hd,)
+    and sin (2, hd/2), the sin's first half negated."""
     hd = x.shape[-1]
     y = x * cos
     y += (x.reshape(*x.shape[:-1], 2, hd // 2)[..., ::-1, :] * sin).reshape(x.shape)  # [x2, x1] * [-sin, sin]
@@ -110,7 +108,8 @@ def attend(q: np.ndarray, k: np.ndarray, v: np.ndarray) -> np.ndarray:
     grouped as Llama's grouped-query attention groups them. Returns the heads' outputs, (H * hd,)."""
     n_kv, _, hd = k.shape
     # small GEMMs: on one thread, whatever count the last GEMV left (bits must not depend on it)
-    BLAS.threads(1)
+    if two_cores.get():
+        BLAS.threads(1)
     # keys times each group's queries, (T, hd) @ (hd, group), batched: OpenBLAS ran this 2x faster
     # than queries times transposed keys for SmolLM2's groups of 3 at 500 keys. The queries are
     # scaled first (hd numbers per head, not T), into a fresh (H_kv, hd, group) array.
@@ -153,7 +152,7 @@ def _attend_rows(q: np.ndarray, keys: np.ndarray, values: np.ndarray, end: int) 
 def llama_step(a: DecoderArrays, cfg: LlamaConfig, tokens: np.ndarray, pos: int, kv: KV,
                cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
     """Logits (b, V) of tokens (b,), one per cache row, at position `pos`; writes their keys and values
-    into kv at pos. cos, sin: this position's rows of models.rope_tables, sin as (2, hd/2)."""
+    into kv at pos. cos (hd,), sin (2, hd/2): this position's RoPE angles, the sin's first half negated."""
     nh, nkv, hd, hidden, eps = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.hidden_dim, cfg.norm_eps
     x = a.tok_emb[tokens]
     b = len(x)

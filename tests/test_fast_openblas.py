@@ -1,8 +1,10 @@
-"""The decode-step GEMVs (core/parallel.py): numpy's OpenBLAS on zero-copy views, the same bits on
-one thread or two, and a governor that only allows two while the machine is otherwise idle."""
+"""The fast backend's GEMVs (core/backends/fast/openblas.py): numpy's OpenBLAS, the same bits on one
+thread or two; the lease that owns its thread count; and the governor that allows two threads only
+while the machine is otherwise idle (core/backends/fast/cores.py)."""
 from __future__ import annotations
 
 import ctypes
+import threading
 from dataclasses import replace
 
 import numpy as np
@@ -11,30 +13,34 @@ import torch
 import torch.nn.functional as F
 
 import core
-import core.parallel as parallel
-from core.models import column_major, row_major
-from core.parallel import (ALIGN, BLAS, CoreGovernor, linear, one_torch_thread, padded_width, prepare, row_product,
-                           two_way)
+from core import backends
+from core.backends.fast import FastCPUBackend, cores, openblas
+from core.backends.fast.cores import GOVERNOR, LEASE, CoreGovernor
+from core.backends.fast.openblas import ALIGN, BLAS, packed, padded_width, row_product, shared
 from core.weights import load_checked, random_state
 
 needs_openblas = pytest.mark.skipif(BLAS is None, reason="numpy's BLAS here is not OpenBLAS")
 
 
 def _greedy_logits(lm: core.LanguageModel, two: bool, steps: int) -> list[torch.Tensor]:
-    m = lm.model
+    """Greedy steps through the fast backend, with the governor forced to two cores or one."""
+    fast = FastCPUBackend(lm.model)
     out = []
-    with torch.inference_mode():
-        cache = m.new_cache(1, 8 + steps)
-        logits = m(torch.tensor([[3, 14, 15, 92, 65, 35, 89, 79]]), cache, last_only=True)
-        for _ in range(steps):
-            with two_way(two):
-                logits = m(logits[:, -1].argmax(-1, keepdim=True), cache, last_only=True)
-            out.append(logits)
+    mode, GOVERNOR.mode = GOVERNOR.mode, "on" if two else "off"
+    try:
+        with torch.inference_mode():
+            state = fast.new_state(1, 8 + steps)
+            logits = fast.prefill(torch.tensor([[3, 14, 15, 92, 65, 35, 89, 79]]), state)
+            for _ in range(steps):
+                logits = fast.step(logits.argmax(-1), state)
+                out.append(logits)
+    finally:
+        GOVERNOR.mode = mode
     return out
 
 
 class _CountingBlas:
-    """BLAS with every thread count that `linear` asks for recorded."""
+    """BLAS with every thread count asked for recorded."""
 
     def __init__(self) -> None:
         self.asked: list[int] = []
@@ -45,43 +51,43 @@ class _CountingBlas:
 
 
 def test_numpy_here_brings_openblas() -> None:
-    # the pinned numpy wheel carries OpenBLAS: without it decode quietly falls back to one core
+    # the pinned numpy wheel carries OpenBLAS: without it the plain backend runs every step
     assert BLAS is not None and BLAS.config.startswith("OpenBLAS")
 
 
 @needs_openblas
 @pytest.mark.parametrize("out_features", [50257, 960, 64, 7])
-def test_column_major_weight_is_a_padded_view_with_the_same_bits(out_features: int) -> None:
+def test_packed_weight_is_padded_column_major_with_the_same_bits(out_features: int) -> None:
     w = torch.randn(out_features, 48, generator=torch.Generator().manual_seed(out_features))
-    cm = column_major(w)
+    gemv = packed(w)
     width = padded_width(out_features)
     assert width % ALIGN == 0 and width - out_features < ALIGN
-    assert torch.equal(cm, w) and cm.stride() == (1, width)
-    gemv = prepare(cm)
-    assert gemv is not None and gemv.column_major and gemv.matrix.shape == (48, width)
-    assert gemv.matrix.ctypes.data == cm.data_ptr()  # a view: no second copy of the weight
+    assert gemv.column_major and gemv.matrix.shape == (48, width)
+    assert np.array_equal(gemv.matrix[:, :out_features], w.numpy().T) and not gemv.matrix[:, out_features:].any()
     assert gemv.two_threads                           # the padding makes an even split
-    x = torch.randn(1, 1, 48)
+    x = torch.randn(48)
     for b in (None, torch.randn(out_features)):
-        one = linear(x, cm, b, gemv)
-        with two_way(True):
-            two = linear(x, cm, b, gemv)
-        assert one.shape == two.shape == (1, 1, out_features)
-        assert torch.equal(one, two)                  # bit for bit on one thread and on two
-        torch.testing.assert_close(one, F.linear(x, w, b))
+        bias = None if b is None else b.numpy()
+        with LEASE.hold(two=False):
+            one = row_product(gemv, x.numpy(), out_features, bias)
+        with LEASE.hold(two=True):
+            two = row_product(gemv, x.numpy(), out_features, bias)
+        assert one.shape == two.shape == (out_features,)
+        assert np.array_equal(one, two)               # bit for bit on one thread and on two
+        torch.testing.assert_close(torch.from_numpy(one), F.linear(x, w, b), atol=1e-5, rtol=1e-5)
 
 
 @needs_openblas
-@pytest.mark.parametrize("layout", [column_major, row_major])
+@pytest.mark.parametrize("layout", [packed, shared])
 def test_rows_go_slice_by_slice_with_each_rows_own_bits(layout) -> None:
     # 8 MiB of weights: more than a slice (CHUNK_BYTES), so rows after the first read it from cache
-    w = layout(torch.randn(4100, 512, generator=torch.Generator().manual_seed(3)))
-    gemv = prepare(w)
-    assert gemv is not None and 0 < gemv.chunk < gemv.width and gemv.chunk % ALIGN == 0
-    assert gemv.chunk * 512 * 4 <= parallel.CHUNK_BYTES
+    w = torch.randn(4100, 512, generator=torch.Generator().manual_seed(3))
+    gemv = layout(w)
+    assert 0 < gemv.chunk < gemv.width and gemv.chunk % ALIGN == 0
+    assert gemv.chunk * 512 * 4 <= openblas.CHUNK_BYTES
     rows, bias = torch.randn(3, 512), torch.randn(4100)
     for two in (False, True):
-        with two_way(two):
+        with LEASE.hold(two):
             together = row_product(gemv, rows.numpy(), 4100, bias.numpy())
             alone = [row_product(gemv, r, 4100, bias.numpy()) for r in rows.numpy()]
         assert together.shape == (3, 4100)
@@ -93,68 +99,75 @@ def test_rows_go_slice_by_slice_with_each_rows_own_bits(layout) -> None:
 def test_generate_many_columns_are_the_single_generations_bit_for_bit(smollm2: core.LanguageModel) -> None:
     # the side-by-side page's columns step together (one pass over the weights for all rows); each
     # must still be exactly what that setting alone generates with the same seed
+    assert smollm2.backend == "fast"
     cfgs = [core.SamplingConfig(temperature=t, top_p=p, seed=5) for t, p in ((0.7, 1.0), (1.0, 0.9), (1.5, 1.0))]
+    smollm2.prefixes.clear()  # each generation reads its own prompt: no help from an earlier one
     columns = list(zip(*core.generate_many(smollm2, "The capital of France is", cfgs, 12, stop_at_eos=False)))
     for cfg, column in zip(cfgs, columns):
+        smollm2.prefixes.clear()
         assert list(column) == list(core.generate(smollm2, "The capital of France is", cfg, 12, stop_at_eos=False))
 
 
 @needs_openblas
-def test_row_major_weight_and_what_cannot_be_prepared() -> None:
-    w, b = row_major(torch.randn(64, 40)), torch.randn(64)
-    gemv = prepare(w)
-    assert gemv is not None and not gemv.column_major and gemv.matrix.ctypes.data == w.data_ptr()
-    x = torch.randn(1, 40)
-    with two_way(True):
-        torch.testing.assert_close(linear(x, w, b, gemv), F.linear(x, w, b))
-    x.requires_grad_()  # numpy can't see a tensor that tracks gradients: torch computes it
-    torch.testing.assert_close(linear(x, w, b, gemv), F.linear(x, w, b))
-    assert prepare(torch.randn(64, 80)[:, ::2]) is None                 # strided: would need a copy
-    assert prepare(torch.randn(64, 40, dtype=torch.bfloat16)) is None  # OpenBLAS has no bfloat16
-    assert prepare(torch.randn(3, 64, 40)) is None
+def test_shared_weight_is_the_models_own_memory() -> None:
+    w = torch.randn(64, 40)
+    gemv = shared(w)
+    assert not gemv.column_major and gemv.matrix.ctypes.data == w.data_ptr()  # no copy
+    x = torch.randn(40)
+    with LEASE.hold(two=True):
+        torch.testing.assert_close(torch.from_numpy(row_product(gemv, x.numpy(), 64)), F.linear(x, w))
 
 
 @needs_openblas
-def test_linear_asks_for_two_threads_only_inside_two_way(monkeypatch: pytest.MonkeyPatch) -> None:
-    w = column_major(torch.randn(96, 32))
-    gemv = prepare(w)
+def test_thread_count_changes_only_inside_a_two_core_lease(monkeypatch: pytest.MonkeyPatch) -> None:
+    gemv = packed(torch.randn(96, 32))
     counting = _CountingBlas()
-    monkeypatch.setattr(parallel, "BLAS", counting)
-    before = BLAS.threads(1)
-    try:
-        x = torch.randn(1, 32)
-        linear(x, w, None, gemv)
-        with two_way(True):
-            linear(x, w, None, gemv)
-            assert torch.equal(linear(x.expand(3, 32), w, None, gemv), F.linear(x.expand(3, 32), w))  # 3 rows: torch
-        assert counting.asked == [1, 2]   # each call sets the count it needs; 3 rows never reach OpenBLAS
-        # a shape whose two-thread split would round differently stays on one thread
-        counting.asked.clear()
-        with two_way(True):
-            linear(x, w, None, replace(gemv, two_threads=False))
-        assert counting.asked == [1]
-    finally:
-        BLAS.threads(before)
+    monkeypatch.setattr(openblas, "BLAS", counting)
+    x = np.ones(32, np.float32)
+    with LEASE.hold(two=False):
+        row_product(gemv, x, 96)
+    assert counting.asked == []  # shared steps never touch the process-wide count
+    with LEASE.hold(two=True):
+        row_product(gemv, x, 96)
+        row_product(replace(gemv, two_threads=False), x, 96)  # a split that would round differently: one
+    assert counting.asked == [2, 1]
+    assert BLAS.threads(1) == 1  # put back when the lease ends
 
 
-def test_without_openblas_decode_runs_on_torch(monkeypatch: pytest.MonkeyPatch) -> None:
-    """numpy built on another BLAS: no `Gemv`s, and torch computes the same logits on one core."""
-    ours = core.load_model("llama-tiny")
-    state = random_state(ours.model.cfg)
-    ours = replace(ours, model=load_checked(ours.model.cfg, state))
-    expected = _greedy_logits(ours, True, 6)
-    monkeypatch.setattr(parallel, "BLAS", None)
-    plain = replace(ours, model=load_checked(ours.model.cfg, state))
-    assert plain.model.layers[0].qkv.gemv is None and plain.model.head.gemv is None
-    for a, b in zip(expected, _greedy_logits(plain, True, 6)):
-        torch.testing.assert_close(a, b)
+@needs_openblas
+def test_a_two_core_step_waits_for_one_core_steps_to_finish() -> None:
+    order: list[str] = []
+    inside = threading.Event()
+
+    def one_core() -> None:
+        with LEASE.hold(two=False):
+            inside.set()
+            threading.Event().wait(0.2)
+            order.append("one core done")
+
+    t = threading.Thread(target=one_core)
+    t.start()
+    inside.wait()
+    with LEASE.hold(two=True):
+        order.append("two cores")
+    t.join()
+    assert order == ["one core done", "two cores"]
+
+
+def test_without_openblas_the_plain_backend_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """numpy built on another BLAS: the fast backend does not apply, and choose falls back to torch."""
+    model = core.load_model("llama-tiny", backend="torch").model
+    monkeypatch.setattr("core.backends.fast.BLAS", None)
+    assert backends.choose(model).name == "torch"
+    with pytest.raises(backends.BackendUnavailable, match="OpenBLAS"):
+        backends.choose(model, "fast")
     with pytest.raises(OSError, match="no openblas_set_num_threads"):
-        parallel.OpenBlas(ctypes.CDLL(None))  # this process's own symbols: no OpenBLAS among them
+        openblas.OpenBlas(ctypes.CDLL(None))  # this process's own symbols: no OpenBLAS among them
 
 
 @pytest.mark.parametrize("preset", ["gpt2-tiny", "llama-tiny"])
 def test_two_core_decode_is_bit_identical(preset: str) -> None:
-    lm = core.load_model(preset)
+    lm = core.load_model(preset, backend="torch")
     cfg = lm.model.cfg
     gen = torch.Generator().manual_seed(1)
     state = {k: torch.randn(v.shape, generator=gen) * 0.1 if k.endswith(".bias") else v  # biases are 0 at init
@@ -170,8 +183,6 @@ def test_two_core_decode_is_bit_identical_on_the_bundled_model(smollm2: core.Lan
 
 
 def test_generate_gives_the_same_steps_with_the_governor_on_or_off(tiny: core.LanguageModel) -> None:
-    from core.parallel import GOVERNOR
-
     cfg = core.SamplingConfig(temperature=0.9, top_k=50, seed=7)
     runs = []
     for mode in ("off", "on"):
@@ -183,44 +194,14 @@ def test_generate_gives_the_same_steps_with_the_governor_on_or_off(tiny: core.La
     assert runs[0] == runs[1]
 
 
-def test_one_torch_thread_holds_torch_at_one_and_puts_the_count_back() -> None:
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        with one_torch_thread():
-            assert torch.get_num_threads() == 1
-        assert torch.get_num_threads() == 2
-        with pytest.raises(RuntimeError), one_torch_thread():
-            raise RuntimeError("a failing step")
-        assert torch.get_num_threads() == 2  # put back on the way out of an error too
-    finally:
-        torch.set_num_threads(before)
-
-
-def test_generate_steps_run_on_one_torch_thread_and_the_caller_keeps_its_own(
-        tiny: core.LanguageModel, monkeypatch: pytest.MonkeyPatch) -> None:
-    # With torch on two threads the OpenMP worker spinning after each per-token op took the core the
-    # next step's second OpenBLAS thread needed (a SmolLM2 token 31-36 ms against 22 ms).
-    seen: list[tuple[int, int]] = []  # (tokens in the forward's input, torch threads then)
-    forward = type(tiny.model).forward
-
-    def spy(self, idx, *args, **kwargs):
-        seen.append((idx.shape[1], torch.get_num_threads()))
-        return forward(self, idx, *args, **kwargs)
-
-    monkeypatch.setattr(type(tiny.model), "forward", spy)
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        greedy = core.SamplingConfig(temperature=0)
-        caller = [torch.get_num_threads() for _ in core.generate(tiny, "Every effort moves", greedy, 6,
-                                                                  stop_at_eos=False)]
-    finally:
-        torch.set_num_threads(before)
-    assert caller == [2] * 6  # between steps, the caller's code runs on its own setting
-    prompt, *steps = seen
-    assert prompt == (3, 2)  # the prompt's forward pass keeps the caller's threads (it gains from two)
-    assert steps == [(1, 1)] * 5
+def test_generate_leaves_torch_threads_alone(tiny: core.LanguageModel, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No process-wide setting changes per request: torch's thread count is the caller's throughout."""
+    calls: list[int] = []
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: calls.append(n))
+    greedy = core.SamplingConfig(temperature=0)
+    list(core.generate(tiny, "Every effort moves", greedy, 6, stop_at_eos=False))
+    tiny.next_token_logits([1, 2, 3])
+    assert calls == []
 
 
 class _Machine:

@@ -1,0 +1,119 @@
+"""The fast CPU backend: float32 decode steps in numpy on numpy's OpenBLAS, one core or two.
+
+It owns everything machine-specific: packed weight copies (openblas.py), the numpy step
+(numpy_step.py) and the core policy (cores.py). Prompts are read by the torch model, into the same
+per-request KV cache the numpy step then extends. Only core.backends.choose imports this package.
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ...config import GPTConfig
+from ...models import DecoderModel, GPTModel, KVCache, rope_tables
+from ..base import Backend, BackendUnavailable, ProgressCallback
+from .cores import GOVERNOR, LEASE
+from .numpy_step import DecoderArrays, GPTBlockArrays, LlamaBlockArrays, RowProj, gpt_step, llama_step
+from .openblas import BLAS, packed, shared
+
+
+def _view(t: Tensor) -> np.ndarray:
+    return t.detach().numpy()  # the model's own memory, no copy
+
+
+@dataclass(frozen=True, eq=False)
+class Stacked:
+    """Several products on one input, their outputs side by side (q/k/v, gate/up without a fused copy)."""
+
+    parts: tuple[RowProj, ...]
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return np.concatenate([p(x) for p in self.parts], axis=-1)
+
+
+def _proj(weights: tuple[Tensor, ...], bias: Tensor | None = None, wide_input: bool = False,
+          pack: bool = True) -> RowProj | Stacked:
+    """A product for the numpy step. pack: one padded column-major copy of the weights stacked (it
+    streams faster unless the input is the wide side); otherwise, and where the input is the wide
+    side, the model's own row-major weights (no copy)."""
+    b = None if bias is None else _view(bias)
+    if pack and not wide_input:
+        return RowProj(packed(*weights), sum(w.shape[0] for w in weights), b)
+    parts = tuple(RowProj(shared(w), w.shape[0], b) for w in weights)
+    return parts[0] if len(parts) == 1 else Stacked(parts)
+
+
+def _arrays(model: DecoderModel, pack: bool) -> DecoderArrays:
+    proj = functools.partial(_proj, pack=pack)
+    head = proj((model.head_weight,))
+    norm = tuple(_view(t) for t in model.final_norm.parameters())
+    if isinstance(model, GPTModel):
+        blocks = tuple(GPTBlockArrays((_view(b.norm1.weight), _view(b.norm1.bias)),
+                                      proj((b.att.qkv.weight,), b.att.qkv.bias),
+                                      proj((b.att.out_proj.weight,), b.att.out_proj.bias),
+                                      (_view(b.norm2.weight), _view(b.norm2.bias)),
+                                      proj((b.ff[0].weight,), b.ff[0].bias),
+                                      proj((b.ff[2].weight,), b.ff[2].bias, wide_input=True))
+                       for b in model.blocks)
+        return DecoderArrays(_view(model.tok_emb.weight), _view(model.pos_emb.weight), blocks, norm, head)
+    blocks = tuple(LlamaBlockArrays(_view(b.attn_norm.weight),
+                                    proj((b.attn.q_proj.weight, b.attn.k_proj.weight, b.attn.v_proj.weight)),
+                                    proj((b.attn.o_proj.weight,)), _view(b.ffn_norm.weight),
+                                    proj((b.mlp.gate_proj.weight, b.mlp.up_proj.weight)),
+                                    proj((b.mlp.down_proj.weight,), wide_input=True))
+                   for b in model.blocks)
+    return DecoderArrays(_view(model.tok_emb.weight), None, blocks, norm, head)
+
+
+class FastCPUBackend(Backend):
+    """float32 on the CPU where numpy has OpenBLAS; raises BackendUnavailable elsewhere.
+    pack=False shares every weight with the plain model (no copies, slower products; bench/ compares)."""
+
+    name = "fast"
+
+    def __init__(self, model: DecoderModel, pack: bool = True) -> None:
+        super().__init__(model)
+        if self.device.type != "cpu" or self.dtype != torch.float32:
+            raise BackendUnavailable(f"the fast backend runs float32 on the CPU, not {self.dtype} on {self.device}")
+        if BLAS is None:
+            raise BackendUnavailable("numpy here has no OpenBLAS whose threads can be set")
+        with LEASE.hold(two=True):  # checking each shape's two-thread bits changes the thread count
+            self.arrays = _arrays(model, pack)
+        if not isinstance(model.cfg, GPTConfig):
+            cos, sin = rope_tables(model.cfg.head_dim, model.cfg.rope_base, model.cfg.context_length)
+            half = sin.shape[1] // 2
+            self._cos = cos.numpy()
+            self._sin = torch.cat([-sin[:, :half], sin[:, half:]], dim=1).reshape(len(sin), 2, half).numpy()
+
+    def prefill(self, ids: Tensor, state: KVCache, progress: ProgressCallback | None = None) -> Tensor:
+        if ids.shape[1] == 1:  # one token after a stored prefix (an appended token): a decode step
+            logits = self.step(ids[:, 0], state)
+            if progress is not None:
+                progress(1, 1)
+            return logits
+        GOVERNOR.begin(id(state))  # a prompt being read takes a core: other requests' steps use one
+        try:
+            return super().prefill(ids, state, progress)
+        finally:
+            GOVERNOR.finish(id(state))
+
+    def step(self, tokens: Tensor, state: KVCache) -> Tensor:
+        pos = state.pos
+        if pos + 1 > min(state.max_len, self.context_length):
+            raise ValueError(f"sequence of {pos + 1} tokens exceeds the context length {self.context_length} "
+                             f"or the cache's max_len {state.max_len}")
+        if state.k[0].dtype != torch.float32 or state.k[0].device.type != "cpu":
+            return super().forward(tokens.view(-1, 1), state)  # a state made elsewhere: the torch model reads it
+        kv = [(k.numpy(), v.numpy()) for k, v in zip(state.k, state.v)]
+        toks = tokens.reshape(-1).numpy()
+        with LEASE.hold(GOVERNOR.allow(id(state))):  # same bits on one core or two
+            if isinstance(self.model, GPTModel):
+                logits = gpt_step(self.arrays, self.model.cfg, toks, pos, kv)
+            else:
+                logits = llama_step(self.arrays, self.model.cfg, toks, pos, kv, self._cos[pos], self._sin[pos])
+        state.pos = pos + 1
+        return torch.from_numpy(logits)
