@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench
+.PHONY: run test bench check-vllm
 
 $(STAMP): requirements.txt requirements-assets.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -21,3 +21,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m pip install -q -r requirements-bench.txt
 	PYTHONPATH=. $(PY) -m bench.run
+
+# The vLLM check (issue 15): vLLM's CPU build in its own venv, tests against live vLLM servers (~4-7 min).
+check-vllm: $(STAMP)
+	scripts/check_vllm.sh
