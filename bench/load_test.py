@@ -107,13 +107,15 @@ def generated_tokens(texts: list[str]) -> list[str]:
 
 
 def expected_tokens(seed: int, tokens: int, prompt: str = PROMPT, lm=None) -> list[str]:
-    """What the same settings give alone, in this process (the page shows token_display of each step)."""
+    """What the same settings give alone, in this process (the page shows token_display of each step).
+    Raw text, so the page's default goes on past the end-of-text token (ui.controls.continue_past_end)."""
     import core
     from ui.generate_view import TOP_N, token_display
 
     lm = lm or core.load_model()
     cfg = core.SamplingConfig(temperature=1.0, top_k=None, top_p=1.0, min_p=0.0, seed=seed)
-    return [token_display(s.text) for s in core.generate(lm, prompt, cfg, tokens, top_n=TOP_N)]
+    steps = core.generate(lm, prompt, cfg, tokens, top_n=TOP_N, stop_at_eos=False)
+    return [token_display(s.text) for s in steps]
 
 
 def open_generate_session(url: str, seed: int, tokens: int, prompt: str = PROMPT, timeout: float = 600

@@ -96,8 +96,9 @@ def generate_many(lm: LanguageModel, prompt: str | Sequence[int], configs: Seque
     differences come from the settings, not from luck. A finished column yields None.
     seed defaults to configs[0].seed; one torch.Generator serves the whole request. The columns
     step together through lm.engine, each with the bits it would get alone. The prompt is read
-    once, after the longest prefix lm.prefixes holds (progress(done, total) reports it), and the
-    request's state goes back to lm.prefixes when it ends.
+    once, after the longest prefix lm.prefixes holds that gives a fresh read's very bits (so the
+    same seed gives the same text whatever the store holds; progress(done, total) reports the
+    read), and the request's state goes back to lm.prefixes when it ends.
     """
     if not configs:
         raise ValueError("configs must hold at least one SamplingConfig")
@@ -119,7 +120,7 @@ def generate_many(lm: LanguageModel, prompt: str | Sequence[int], configs: Seque
     try:
         with torch.inference_mode():
             if use_cache:
-                state, logits = lm.read_prompt(ids, len(ids) + max_new, progress)
+                state, logits = lm.read_prompt(ids, len(ids) + max_new, progress, exact=True)
                 if b > 1:  # the prompt's state is copied per column and not written again: store it now
                     prompt_state, state = state, state.repeat_batch(b)
                     lm.prefixes.put(ids, prompt_state)

@@ -91,11 +91,15 @@ class LanguageModel:
         return ids
 
     def read_prompt(self, ids: Sequence[int], max_len: int, progress: backends.ProgressCallback | None = None,
-                    spare: int = 0) -> tuple[KVCache, Tensor]:
+                    spare: int = 0, exact: bool = False) -> tuple[KVCache, Tensor]:
         """A one-row state of at least max_len positions holding ids (checked, at most context_length),
         and the float32 logits (1, V) after them. Only the tokens after the longest prefix in `prefixes`
-        are read; progress(done, total) reports them. Call inside torch.inference_mode()."""
-        state = self.prefixes.start(ids, max_len, lambda n: self.engine.new_state(1, n), spare)
+        are read; progress(done, total) reports them. Call inside torch.inference_mode().
+        exact: the very bits of a fresh read whatever the store holds (generation: same seed, same
+        text); the read then resumes at most at a whole-chunk boundary, so up to a chunk is re-read.
+        Otherwise any stored prefix serves (an appended token is one step; logits within ~1e-5)."""
+        grain = backends.base.PREFILL_CHUNK if exact else None
+        state = self.prefixes.start(ids, max_len, lambda n: self.engine.new_state(1, n), spare, grain)
         logits = self.engine.prefill(torch.tensor([ids[state.pos:]], device=self.device), state, progress)
         return state, logits
 

@@ -30,6 +30,8 @@ class KVCache:
         self.v = [torch.empty(shape, dtype=dtype, device=device) for _ in range(n_layers)]
         self.max_len = max_len
         self.pos = 0
+        # leading positions a fresh read of the same tokens gives bit for bit (core.backends.base.prefill)
+        self.exact = 0
 
     @property
     def batch(self) -> int:
@@ -46,7 +48,7 @@ class KVCache:
         out = KVCache.__new__(KVCache)
         out.k = [k.expand(batch, -1, -1, -1).clone() for k in self.k]
         out.v = [v.expand(batch, -1, -1, -1).clone() for v in self.v]
-        out.max_len, out.pos = self.max_len, self.pos
+        out.max_len, out.pos, out.exact = self.max_len, self.pos, self.exact
         return out
 
     def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:

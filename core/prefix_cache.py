@@ -46,28 +46,34 @@ class PrefixStore:
         with self._lock:
             return max((common_prefix(key, ids) for key in self._entries), default=0)
 
-    def start(self, ids: Sequence[int], need: int, new_state: Callable[[int], KVCache], spare: int = 0) -> KVCache:
+    def start(self, ids: Sequence[int], need: int, new_state: Callable[[int], KVCache], spare: int = 0,
+              exact_grain: int | None = None) -> KVCache:
         """A one-row state of at least `need` positions whose first `pos` positions hold ids[:pos],
         for the longest stored match, pos < len(ids) so that the caller reads at least one token;
-        pos = 0 when nothing matches. A new state gets `spare` positions more, for later appends."""
+        pos = 0 when nothing matches. A new state gets `spare` positions more, for later appends.
+        With exact_grain, only positions a fresh read gives bit for bit are reused (a state's
+        `exact` frontier), and pos is a multiple of exact_grain, where a fresh read's chunks end."""
         with self._lock:
             best, n = None, 0
-            for key in self._entries:
+            for key, found in self._entries.items():
                 m = min(common_prefix(key, ids), len(ids) - 1)
+                if exact_grain:
+                    m = min(m, found.exact) // exact_grain * exact_grain
                 if m > n:
                     best, n = key, m
             if best is None:
                 return new_state(need + spare)
             self._entries.move_to_end(best)
             found = self._entries[best]
+            exact = min(found.exact, n)
             if found.max_len >= need:
                 del self._entries[best]  # handed over: the caller writes after position n
-                found.pos = n
+                found.pos, found.exact = n, exact
                 return found
             state = new_state(need + spare)  # too short to extend: copy the shared part
             for dst, src in zip((*state.k, *state.v), (*found.k, *found.v)):
                 dst[:, :, :n] = src[:, :, :n]
-        state.pos = n
+        state.pos, state.exact = n, exact
         return state
 
     def put(self, ids: Sequence[int], state: KVCache) -> None:

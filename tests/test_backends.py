@@ -205,18 +205,39 @@ def test_appending_a_token_reads_only_that_token(backend: str, monkeypatch: pyte
             assert int(got.argmax()) == int(fresh.argmax())
 
 
-def test_a_second_generate_reads_only_new_tokens(tiny: core.LanguageModel, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_second_generate_rereads_only_the_last_partial_chunk(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(base, "PREFILL_CHUNK", 16)
     lm = core.load_model("gpt2-tiny")
     read = _spy_prefill(lm, monkeypatch)
     cfg = core.SamplingConfig(temperature=0.8, seed=3)
-    first = [s.token_id for s in core.generate(lm, PROMPT, cfg, 10)]
-    again = [s.token_id for s in core.generate(lm, PROMPT, cfg, 10)]
+    ids = list(range(300, 350))   # chunks [0, 16) [16, 32) [32, 48) whole, [48, 50) partial
+    first = [s.token_id for s in core.generate(lm, ids, cfg, 10)]
+    again = [s.token_id for s in core.generate(lm, ids, cfg, 10)]
     lm.prefixes.clear()
-    fresh = [s.token_id for s in core.generate(lm, PROMPT, cfg, 10)]
-    n = len(lm.tokenizer.encode(PROMPT))
-    assert read == [n, 1, n] and first == again == fresh
-    columns = list(core.generate_many(lm, PROMPT, [cfg, GREEDY], 5))  # several columns share one prompt read
-    assert read[-1] == 1 and len(columns) == 5
+    fresh = [s.token_id for s in core.generate(lm, ids, cfg, 10)]
+    assert read == [50, 2, 50] and first == again == fresh
+    columns = list(core.generate_many(lm, ids, [cfg, GREEDY], 5))  # several columns share one prompt read
+    assert read[-1] == 2 and len(columns) == 5
+
+
+@pytest.mark.parametrize("backend", ["fast", "torch"])
+def test_same_seed_same_bits_whatever_the_prefix_store_holds(backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Generation reuses only what a fresh read gives bit for bit: states stored by the approximate
+    path (an appended token as one step, a read resumed mid-chunk) never change a generated text."""
+    monkeypatch.setattr(base, "PREFILL_CHUNK", 16)
+    ids = torch.randint(0, 50257, (45,), generator=torch.Generator().manual_seed(1)).tolist()
+    cfg = core.SamplingConfig(temperature=1.0, seed=11)
+
+    def run(lm: core.LanguageModel) -> list[tuple[int, float, tuple[float, ...]]]:
+        return [(s.token_id, s.raw_prob, tuple(c.logit for c in s.top_before))
+                for s in core.generate(lm, ids, cfg, 12, stop_at_eos=False)]
+
+    fresh = run(core.load_model("llama-tiny", backend=backend))
+    lm = core.load_model("llama-tiny", backend=backend)
+    for n in (21, 22, 40, 41, 44):   # reads resumed mid-chunk, and single appended tokens
+        lm.next_token_logits(ids[:n])
+    assert run(lm) == fresh
+    assert run(lm) == fresh   # and again, now that generation stored its own state
 
 
 def test_stopping_early_keeps_the_state_and_errors_do_not(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -261,7 +282,7 @@ def test_progress_is_reported_while_a_prompt_is_read(monkeypatch: pytest.MonkeyP
         assert (chunked - lm.model(torch.tensor([ids]))[0, -1]).abs().max().item() < ATOL
     seen.clear()
     steps = list(core.generate(lm, ids + [7, 8, 9], GREEDY, 2, progress=lambda d, t: seen.append((d, t))))
-    assert seen == [(3, 3)] and len(steps) == 2  # only the new tokens
+    assert seen == [(5, 5)] and len(steps) == 2  # from the last whole chunk (48) on
 
 
 # ---------------------------------------------------------------- concurrency

@@ -57,15 +57,22 @@ class Backend(ABC):
 
     def prefill(self, ids: Tensor, state: KVCache, progress: ProgressCallback | None = None) -> Tensor:
         """Read ids (B, T) after what state holds; logits (B, V) for the token after the last one.
-        Long inputs go in chunks of PREFILL_CHUNK tokens, calling progress(done, T) after each."""
+        Long inputs go in chunks that end at multiples of PREFILL_CHUNK (absolute positions), calling
+        progress(done, T) after each. So a read resumed at such a multiple runs the very products a
+        fresh read runs: whole chunks read from an exact start advance `state.exact`."""
         total = ids.shape[1]
-        logits = None
-        for start in range(0, total, PREFILL_CHUNK):
-            logits = self.forward(ids[:, start:start + PREFILL_CHUNK], state)
-            if progress is not None:
-                progress(min(start + PREFILL_CHUNK, total), total)
-        if logits is None:
+        if total == 0:
             raise ValueError("prefill needs at least one token")
+        done = 0
+        while done < total:
+            start = state.pos
+            n = min(PREFILL_CHUNK - start % PREFILL_CHUNK, total - done)
+            logits = self.forward(ids[:, done:done + n], state)
+            if n == PREFILL_CHUNK and state.exact == start:
+                state.exact = state.pos
+            done += n
+            if progress is not None:
+                progress(done, total)
         return logits
 
     def forward(self, ids: Tensor, state: KVCache) -> Tensor:

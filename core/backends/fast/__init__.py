@@ -15,6 +15,7 @@ from torch import Tensor
 
 from ...config import GPTConfig
 from ...models import DecoderModel, GPTModel, KVCache, rope_tables
+from .. import base
 from ..base import Backend, BackendUnavailable, ProgressCallback
 from .cores import GOVERNOR, LEASE
 from .numpy_step import DecoderArrays, GPTBlockArrays, LlamaBlockArrays, RowProj, gpt_step, llama_step
@@ -90,7 +91,9 @@ class FastCPUBackend(Backend):
             self._sin = torch.cat([-sin[:, :half], sin[:, half:]], dim=1).reshape(len(sin), 2, half).numpy()
 
     def prefill(self, ids: Tensor, state: KVCache, progress: ProgressCallback | None = None) -> Tensor:
-        if ids.shape[1] == 1:  # one token after a stored prefix (an appended token): a decode step
+        # one token after a stored prefix (an appended token): a decode step. Not on the chunk grid,
+        # where exact reads resume (a fresh read runs the torch forward there)
+        if ids.shape[1] == 1 and state.pos % base.PREFILL_CHUNK:
             logits = self.step(ids[:, 0], state)
             if progress is not None:
                 progress(1, 1)
