@@ -27,8 +27,8 @@ HUB_REPOS = {"gpt2": "openai-community/gpt2", "gpt2-medium": "openai-community/g
 ProgressCallback = Callable[[int, int | None], None]  # (bytes done, bytes total or None)
 # shares of status(what, done), roughly as time goes on a cold start: load_model's first LOADED for the
 # checked model (of which READ_WEIGHTS for a GGUF's weights: parse, dequantize, cache), then the backend
-# (the fast one packs its weight copies)
-LOADED, READ_WEIGHTS = 0.85, 0.85
+# (quick: the fast one packs its weight copies on first use, see Backend.warm)
+LOADED, READ_WEIGHTS = 0.97, 0.85
 SLACK = 128  # extra positions in a prompt's state: the next appended tokens extend it without a copy
 
 
