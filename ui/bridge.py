@@ -45,12 +45,9 @@ class Loading:
 
     def run(self) -> None:
         try:
-            lm = core.load_model(self.source, progress=self.downloaded, status=self.status)
+            self.future.set_result(core.load_model(self.source, progress=self.downloaded, status=self.status))
         except BaseException as e:  # the waiting script re-raises it (LOAD_ERRORS become a message)
             self.future.set_exception(e)
-            return
-        self.future.set_result(lm)  # a first chart needs no more than this
-        lm.engine.warm()            # the first generated token would wait for this otherwise
 
 
 @st.cache_resource(show_spinner=False, max_entries=3)

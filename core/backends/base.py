@@ -35,10 +35,6 @@ class Backend(ABC):
     def __init__(self, model: DecoderModel) -> None:
         self.model = model  # the plain nn.Module: the reference, and the owner of the weights
 
-    def warm(self) -> None:
-        """Do now what the first decode step would otherwise do first (the fast backend: pack its
-        weight copies); safe from any thread, at any time. Nothing for a backend without such work."""
-
     @property
     def device(self) -> torch.device:
         return self.model.tok_emb.weight.device

@@ -92,16 +92,13 @@ class FastCPUBackend(Backend):
     @property
     def arrays(self) -> DecoderArrays:
         """The numpy step's weights, packed on first use (a prompt is read by the torch model, so a
-        first chart never waits for the copies): ~1-3 s of new memory on a cold start."""
+        first chart never waits for the copies, ~1-3 s of new memory here; the first generated token does)."""
         if self._arrays is None:
             with self._packing:
                 if self._arrays is None:
                     with LEASE.hold(two=True):  # checking each shape's two-thread bits changes the thread count
                         self._arrays = _arrays(self.model, self._pack)
         return self._arrays
-
-    def warm(self) -> None:
-        self.arrays  # noqa: B018  (packs them)
 
     def prefill(self, ids: Tensor, state: KVCache, progress: ProgressCallback | None = None) -> Tensor:
         if ids.shape[1] == 1:  # one token after a stored prefix (an appended token): a decode step
