@@ -13,7 +13,7 @@ from ui import bridge
 @pytest.fixture
 def slow_load(monkeypatch: pytest.MonkeyPatch):
     """core.load_model replaced by one that reports a status, then waits for `release`."""
-    release, calls = threading.Event(), []
+    release, calls, real = threading.Event(), [], core.load_model
 
     def load(source, progress=None, status=None, **kwargs):
         calls.append(source)
@@ -21,7 +21,7 @@ def slow_load(monkeypatch: pytest.MonkeyPatch):
         assert release.wait(30)
         if source == "missing":
             raise core.ModelUnavailableError("no such model here")
-        return core.load_model("gpt2-tiny", status=status)
+        return real("gpt2-tiny", status=status)
 
     monkeypatch.setattr(core, "load_model", load)
     st.cache_resource.clear()
