@@ -27,7 +27,7 @@ HUB_REPOS = {"gpt2": "openai-community/gpt2", "gpt2-medium": "openai-community/g
 ProgressCallback = Callable[[int, int | None], None]  # (bytes done, bytes total or None)
 # shares of status(what, done), roughly as time goes on a cold start: load_model's first LOADED for the
 # checked model (of which READ_WEIGHTS for a GGUF's weights: parse, dequantize, cache), then the backend
-# (quick: the fast one packs its weight copies on first use, see Backend.warm)
+# (quick: the fast one packs its weight copies on the first decode step, see FastCPUBackend.arrays)
 LOADED, READ_WEIGHTS = 0.97, 0.85
 SLACK = 128  # extra positions in a prompt's state: the next appended tokens extend it without a copy
 
