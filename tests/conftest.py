@@ -10,6 +10,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+os.environ.setdefault("SAMPLING_LAB_PRELOAD", "0")  # AppTests load only what they ask for (test_bridge turns it on)
+
 import core  # noqa: E402
 
 

@@ -318,3 +318,24 @@ def test_concurrent_requests_give_what_each_gives_alone(smollm2: core.LanguageMo
         fresh = smollm2.next_token_logits(smollm2.tokenizer.encode(p) + [11])
         assert (logits[i] - fresh).abs().max().item() < ATOL
     assert all(torch.isfinite(x).all() for x in logits_alone)
+
+
+def test_fast_backend_packs_once_on_first_use() -> None:
+    """Packing waits for the first decode step; a prompt is read without it, and threads that ask at
+    once share one set of copies."""
+    lm = core.load_model("llama-tiny", backend="fast")
+    engine = lm.engine
+    assert engine._arrays is None
+    lm.next_token_logits([1, 2, 3])
+    assert engine._arrays is None  # a prompt of several tokens is read by the torch model
+    seen = []
+    threads = [threading.Thread(target=lambda: seen.append(engine.arrays)) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(seen) == 3 and all(a is seen[0] for a in seen)
+    state = engine.new_state(1, 8)
+    engine.prefill(torch.tensor([[1, 2, 3]]), state)
+    engine.step(torch.tensor([4]), state)
+    assert engine.arrays is seen[0]

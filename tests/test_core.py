@@ -77,11 +77,27 @@ def test_smollm2_chat_stops_at_im_end(smollm2):
     assert steps[-1].finished == "eos"
 
 
+def _recorder() -> tuple[list[tuple[str, float]], weights.StatusCallback]:
+    calls: list[tuple[str, float]] = []
+    return calls, lambda what, done: calls.append((what, done))
+
+
+def _in_order(calls: list[tuple[str, float]]) -> bool:
+    done = [d for _, d in calls]
+    return done == sorted(done) and 0.0 <= done[0] and done[-1] == 1.0
+
+
 def test_gguf_cache_round_trip(tmp_path):
     path = loading._smollm2_path()
-    cfg1, sd1, vocab1, hit1 = weights.read_gguf_cached(path, tmp_path)
-    cfg2, sd2, vocab2, hit2 = weights.read_gguf_cached(path, tmp_path)
+    (cold, status1), (warm, status2) = _recorder(), _recorder()
+    cfg1, sd1, vocab1, hit1 = weights.read_gguf_cached(path, tmp_path, status1)
+    cfg2, sd2, vocab2, hit2 = weights.read_gguf_cached(path, tmp_path, status2)
     assert (hit1, hit2) == (False, True)
+    # a cold read reports each tensor it dequantizes, in order; a warm one only reads the cache
+    assert _in_order(cold) and _in_order(warm)
+    tensors = [w for w, _ in cold if w.startswith("Converting")]
+    assert len(tensors) == len(sd1) and tensors[-1].endswith(f"tensor {len(sd1)} of {len(sd1)}")
+    assert not any(w.startswith("Converting") for w, _ in warm)
     assert cfg1 == cfg2 and vocab1 == vocab2
     assert all(torch.equal(sd1[k], sd2[k]) for k in sd1)
     assert not list(tmp_path.glob("*.tmp"))  # written atomically
@@ -377,3 +393,19 @@ def test_shared_model_is_thread_safe(tiny):
     for t in threads:
         t.join()
     assert results == expected
+
+
+@pytest.mark.parametrize("source", ["gpt2-tiny", "smollm2"])
+def test_load_model_reports_its_status_in_order(source: str) -> None:
+    calls, status = _recorder()
+    lm = core.load_model(source, status=status)
+    assert _in_order(calls) and calls[-1] == ("Model ready", 1.0)
+    assert lm.next_token_logits(lm.encode_prompt("Every effort moves you")).shape == (lm.vocab_size,)
+
+
+def test_status_part_maps_a_part_onto_its_share() -> None:
+    calls, status = _recorder()
+    part = weights.status_part(status, 0.5, 0.75)
+    part("a", 0.0), part("b", 0.5), part("c", 1.0), part("d", 2.0)
+    assert calls == [("a", 0.5), ("b", 0.625), ("c", 0.75), ("d", 0.75)]
+    assert weights.status_part(None, 0.0, 1.0) is None

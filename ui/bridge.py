@@ -8,7 +8,10 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import threading
 from collections.abc import Callable
+from concurrent.futures import Future, wait
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -19,10 +22,60 @@ import core
 UPLOAD_DIR = Path(tempfile.gettempdir()) / "sampling-lab-uploads"
 
 
+PRELOAD_ENV = "SAMPLING_LAB_PRELOAD"  # "0": no model loads before a page asks for one (the tests set it)
+POLL_S = 0.1
+
+
+@dataclass(eq=False)
+class Loading:
+    """One model's load on its own thread: no script waits inside a cache lock, every waiting session
+    shows the same progress, and the default model starts loading before a page asks for it."""
+
+    source: str
+    future: Future = field(default_factory=Future)
+    what: str = "Starting"      # written by the loading thread only (one attribute at a time: atomic)
+    done: float = 0.0           # 0..1, never decreasing
+
+    def status(self, what: str, done: float) -> None:
+        self.what, self.done = what, max(self.done, done)
+
+    def downloaded(self, done: int, total: int | None) -> None:
+        if total:  # a download is the first part of a load from the Hub
+            self.status(f"Downloading weights… {done / 1e6:.0f} / {total / 1e6:.0f} MB", 0.8 * done / total)
+
+    def run(self) -> None:
+        try:
+            self.future.set_result(core.load_model(self.source, progress=self.downloaded, status=self.status))
+        except BaseException as e:  # the waiting script re-raises it (LOAD_ERRORS become a message)
+            self.future.set_exception(e)
+
+
 @st.cache_resource(show_spinner=False, max_entries=3)
-def get_model(source: str, _progress: Callable[[int, int | None], None] | None = None) -> core.LanguageModel:
-    """Load once per process; `_progress` (not part of the key) reports download bytes."""
-    return core.load_model(source, progress=_progress)
+def loading(source: str) -> Loading:
+    """source's load, started once per process on a daemon thread (a cache hit returns it at once)."""
+    job = Loading(source)
+    threading.Thread(target=job.run, name=f"sampling-lab load {source}", daemon=True).start()
+    return job
+
+
+def get_model(source: str, waiting: Callable[[Loading], None] | None = None) -> core.LanguageModel:
+    """The loaded model, shared by every session; waiting(job) is called every POLL_S while it loads.
+    A failed load raises its error here and is tried again on the next call."""
+    job = loading(source)
+    while waiting is not None and not job.future.done():
+        waiting(job)
+        wait([job.future], timeout=POLL_S)
+    try:
+        return job.future.result()
+    except Exception:
+        loading.clear(source)  # as before the thread: a missing file can be supplied and the page rerun
+        raise
+
+
+def preload(source: str = core.DEFAULT_MODEL) -> None:
+    """Start loading the default model (returns at once), unless $SAMPLING_LAB_PRELOAD is "0"."""
+    if os.environ.get(PRELOAD_ENV, "1").strip() != "0":
+        loading(source)
 
 
 @st.cache_data(show_spinner=False, max_entries=512)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -130,23 +131,25 @@ def load_model(s: Settings) -> tuple[core.LanguageModel | None, str | None]:
     """(model, None), or (None, what went wrong in plain words): loaded once per process by the bridge."""
     if s.model is None:
         return None, "Choose a checkpoint in the sidebar: a path or an upload."
-    bar = None
+    shown: list = []  # [slot, bar], made on the first wait only: a loaded model shows nothing
+    start = time.monotonic()
 
-    def progress(done: int, total: int | None) -> None:
-        nonlocal bar
-        if total:
-            bar = bar or st.progress(0.0, text="Downloading weights…")
-            bar.progress(min(done / total, 1.0), text=f"Downloading weights… {done / 1e6:.0f} / {total / 1e6:.0f} MB")
+    def waiting(job: bridge.Loading) -> None:
+        if not shown:
+            slot = st.empty()
+            with slot.container():
+                st.info(loading_message(s), icon=":material/hourglass_top:")
+                shown.extend([slot, st.progress(0.0)])
+        shown[1].progress(min(job.done, 1.0),
+                          text=f"{job.what} · {job.done:.0%} · {time.monotonic() - start:.0f} s")
 
     try:
-        # show_time: the spinner counts the seconds, so a long first start visibly makes progress.
-        with st.spinner(loading_message(s), show_time=True):
-            lm = bridge.get_model(s.model, progress)
+        lm = bridge.get_model(s.model, waiting)
     except LOAD_ERRORS as e:
         return None, load_error_message(e, s.model, s.model_name or s.model_label, s.model_label)
     finally:
-        if bar is not None:
-            bar.empty()
+        if shown:
+            shown[0].empty()
     return lm, None
 
 

@@ -7,6 +7,7 @@ per-request KV cache the numpy step then extends. Only core.backends.choose impo
 from __future__ import annotations
 
 import functools
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -82,13 +83,23 @@ class FastCPUBackend(Backend):
             raise BackendUnavailable(f"the fast backend runs float32 on the CPU, not {self.dtype} on {self.device}")
         if BLAS is None:
             raise BackendUnavailable("numpy here has no OpenBLAS whose threads can be set")
-        with LEASE.hold(two=True):  # checking each shape's two-thread bits changes the thread count
-            self.arrays = _arrays(model, pack)
+        self._pack, self._arrays, self._packing = pack, None, threading.Lock()
         if not isinstance(model.cfg, GPTConfig):
             cos, sin = rope_tables(model.cfg.head_dim, model.cfg.rope_base, model.cfg.context_length)
             half = sin.shape[1] // 2
             self._cos = cos.numpy()
             self._sin = torch.cat([-sin[:, :half], sin[:, half:]], dim=1).reshape(len(sin), 2, half).numpy()
+
+    @property
+    def arrays(self) -> DecoderArrays:
+        """The numpy step's weights, packed on first use (a prompt is read by the torch model, so a
+        first chart never waits for the copies, ~1-3 s of new memory here; the first generated token does)."""
+        if self._arrays is None:
+            with self._packing:
+                if self._arrays is None:
+                    with LEASE.hold(two=True):  # checking each shape's two-thread bits changes the thread count
+                        self._arrays = _arrays(self.model, self._pack)
+        return self._arrays
 
     def prefill(self, ids: Tensor, state: KVCache, progress: ProgressCallback | None = None) -> Tensor:
         # one token after a stored prefix (an appended token): a decode step. Not on the chunk grid,
@@ -113,10 +124,11 @@ class FastCPUBackend(Backend):
             return super().forward(tokens.view(-1, 1), state)  # a state made elsewhere: the torch model reads it
         kv = [(k.numpy(), v.numpy()) for k, v in zip(state.k, state.v)]
         toks = tokens.reshape(-1).numpy()
+        arrays = self.arrays  # outside the lease: packing takes it itself
         with LEASE.hold(GOVERNOR.allow(id(state))):  # same bits on one core or two
             if isinstance(self.model, GPTModel):
-                logits = gpt_step(self.arrays, self.model.cfg, toks, pos, kv)
+                logits = gpt_step(arrays, self.model.cfg, toks, pos, kv)
             else:
-                logits = llama_step(self.arrays, self.model.cfg, toks, pos, kv, self._cos[pos], self._sin[pos])
+                logits = llama_step(arrays, self.model.cfg, toks, pos, kv, self._cos[pos], self._sin[pos])
         state.pos = pos + 1
         return torch.from_numpy(logits)

@@ -133,9 +133,13 @@ def packed(*weights: Tensor) -> Gemv:
     """One column-major copy of weights (out_i, in) stacked along out: stored (in, width) with zero
     columns up to a multiple of ALIGN. OpenBLAS's one-row GEMV streams this layout faster than
     row-major unless the input is the wide side, and the padding lets it split the outputs evenly."""
-    w = torch.cat([t.detach() for t in weights]) if len(weights) > 1 else weights[0].detach()
-    buf = w.new_zeros(w.shape[1], padded_width(w.shape[0]))
-    buf[:, :w.shape[0]].copy_(w.t())
+    out = sum(t.shape[0] for t in weights)
+    buf = weights[0].new_empty(weights[0].shape[1], padded_width(out))
+    start = 0
+    for t in weights:  # each straight into its columns: no stacked temporary (a cold start's cost is new memory)
+        buf[:, start:start + t.shape[0]].copy_(t.detach().t())
+        start += t.shape[0]
+    buf[:, out:].zero_()
     return _checked(Gemv(buf.numpy(), column_major=True))
 
 

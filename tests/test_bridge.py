@@ -1,0 +1,65 @@
+"""ui.bridge's model loading: on its own thread, with a status every waiting script can show."""
+from __future__ import annotations
+
+import threading
+
+import pytest
+import streamlit as st
+
+import core
+from ui import bridge
+
+
+@pytest.fixture
+def slow_load(monkeypatch: pytest.MonkeyPatch):
+    """core.load_model replaced by one that reports a status, then waits for `release`."""
+    release, calls, real = threading.Event(), [], core.load_model
+
+    def load(source, progress=None, status=None, **kwargs):
+        calls.append(source)
+        status("Converting", 0.5)
+        assert release.wait(30)
+        if source == "missing":
+            raise core.ModelUnavailableError("no such model here")
+        return real("gpt2-tiny", status=status)
+
+    monkeypatch.setattr(core, "load_model", load)
+    st.cache_resource.clear()
+    yield release, calls
+    release.set()
+    st.cache_resource.clear()
+
+
+def test_preload_returns_at_once_and_get_model_waits_with_the_status(slow_load, monkeypatch) -> None:
+    release, calls = slow_load
+    monkeypatch.setenv(bridge.PRELOAD_ENV, "1")
+    bridge.preload("smollm2")  # returns while the load waits for `release`
+    assert calls == ["smollm2"] and not bridge.loading("smollm2").future.done()
+    seen: list[tuple[str, float]] = []
+
+    def waiting(job: bridge.Loading) -> None:
+        seen.append((job.what, job.done))
+        if len(seen) == 3:
+            release.set()
+
+    lm = bridge.get_model("smollm2", waiting)
+    assert lm.name.startswith("gpt2-tiny") and calls == ["smollm2"]  # one load, the preloaded one
+    assert seen[0] == ("Converting", 0.5) and [d for _, d in seen] == sorted(d for _, d in seen)
+    assert bridge.get_model("smollm2") is lm  # a cache hit: no wait, no second load
+    assert bridge.loading("smollm2").done == 1.0
+
+
+def test_preload_can_be_turned_off(slow_load, monkeypatch) -> None:
+    _, calls = slow_load
+    monkeypatch.setenv(bridge.PRELOAD_ENV, "0")
+    bridge.preload("smollm2")
+    assert calls == []
+
+
+def test_a_failed_load_raises_and_is_tried_again(slow_load) -> None:
+    release, calls = slow_load
+    release.set()
+    for _ in range(2):
+        with pytest.raises(core.ModelUnavailableError, match="no such model"):
+            bridge.get_model("missing")
+    assert calls == ["missing", "missing"]
