@@ -122,7 +122,8 @@ def distribution(a: view.Analysis) -> None:
                    "tokens they moved (penalty↓, bias↑).")
         if st.toggle("Same settings: transformers vs llama.cpp order", key="nt_compare_orders",
                      help="transformers applies temperature before the filters, llama.cpp after them."):
-            st.dataframe(view.order_comparison(a, tok), hide_index=True, width="stretch")
+            st.dataframe(view.order_comparison(a, tok), hide_index=True, width="stretch", height="content")
+            st.caption(view.order_note(a))
 
     st.dataframe(with_prob_text(table, ["raw probability", "filtered probability"]), hide_index=True,
                  width="stretch", key="nt_table",

@@ -263,15 +263,15 @@ def test_order_comparison_toggle_and_temperature_sweep(at, tiny, logits):
     at.slider(key="temperature").set_value(3.0)
     at.slider(key="top_p").set_value(0.5).run()
     ok(at)
-    assert not [d for d in at.dataframe if "llama.cpp order" in d.value.columns]
+    assert not [d for d in at.dataframe if "llama.cpp" in d.value.columns]
     at.toggle(key="nt_compare_orders").set_value(True).run()
     ok(at)
-    table = next(d.value for d in at.dataframe if "llama.cpp order" in d.value.columns)
+    table = next(d.value for d in at.dataframe if "llama.cpp" in d.value.columns)
     cfg = core.SamplingConfig(temperature=3.0, top_p=0.5)
     in_play = table.iloc[-1]
     assert in_play["token"] == "tokens in play"
-    assert in_play["transformers order"] == f"{int((core.probabilities(logits, cfg) > 0).sum()):,}"
-    assert in_play["llama.cpp order"] == \
+    assert in_play["transformers"] == f"{int((core.probabilities(logits, cfg) > 0).sum()):,}"
+    assert in_play["llama.cpp"] == \
         f"{int((core.probabilities(logits, cfg.replace(order='llama.cpp')) > 0).sum()):,}"
     sweep = chart(at, "nt_sweep")
     expected = core.temperature_sweep(logits, cfg)

@@ -317,16 +317,18 @@ def test_order_comparison_temperature_before_or_after_the_filters(tiny, logits):
     cfg = core.SamplingConfig(temperature=3.0, top_p=0.5)
     a = view.analyze(logits, cfg)
     table = view.order_comparison(a, tiny.tokenizer, n=5)
-    assert list(table.columns) == ["token", "raw probability", "transformers order", "llama.cpp order"]
+    assert list(table.columns) == ["token", "raw", "transformers", "llama.cpp"]
     assert len(table) == 6 and table["token"].iloc[-1] == "tokens in play"
     hf = core.probabilities(logits, cfg.replace(order="transformers"))
     llama = core.probabilities(logits, cfg.replace(order="llama.cpp"))
     ids = a.top(5)
-    assert table["transformers order"].iloc[:5].tolist() == [fmt_prob(float(p)) for p in hf[ids]]
-    assert table["llama.cpp order"].iloc[:5].tolist() == [fmt_prob(float(p)) for p in llama[ids]]
+    assert table["transformers"].iloc[:5].tolist() == [fmt_prob(float(p)) for p in hf[ids]]
+    assert table["llama.cpp"].iloc[:5].tolist() == [fmt_prob(float(p)) for p in llama[ids]]
     # top-p after T = 3 keeps many more tokens than top-p on the raw distribution
-    kept_hf, kept_llama = (int(table[c].iloc[-1].replace(",", "")) for c in ("transformers order", "llama.cpp order"))
+    kept_hf, kept_llama = (int(table[c].iloc[-1].replace(",", "")) for c in ("transformers", "llama.cpp"))
     assert kept_hf == int((hf > 0).sum()) and kept_llama == int((llama > 0).sum()) and kept_hf > kept_llama
+    assert view.order_note(a).startswith("transformers divides by the temperature before the filters")
+    assert view.order_note(view.analyze(logits, core.SamplingConfig(temperature=3.0))).startswith("Both orders")
 
 
 def test_sweep_figure_marks_the_current_temperature(logits):

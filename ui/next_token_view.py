@@ -523,14 +523,28 @@ def order_comparison(a: Analysis, tokenizer: core.Tokenizer, n: int = 10) -> pd.
     order (temperature before the filters) and llama.cpp's (temperature last), plus a last row counting
     the tokens in play. Probabilities are core.probabilities' exactly."""
     ids = a.top(n)
-    probs = {o: core.probabilities(a.logits, a.cfg.replace(order=o), **a.request) for o in COMPARED_ORDERS}
+    probs = order_probabilities(a)
     table = pd.DataFrame({"token": token_labels(ids.tolist(), tokenizer.token_text),
-                          "raw probability": [fmt_prob(float(p)) for p in a.raw_probs[ids]]})
+                          "raw": [fmt_prob(float(p)) for p in a.raw_probs[ids]]})
     for o, p in probs.items():
-        table[f"{o} order"] = [fmt_prob(float(v)) for v in p[ids]]
-    in_play = {"token": "tokens in play", "raw probability": f"{a.vocab:,}",
-               **{f"{o} order": f"{int((p > 0).sum()):,}" for o, p in probs.items()}}
+        table[o] = [fmt_prob(float(v)) for v in p[ids]]
+    in_play = {"token": "tokens in play", "raw": f"{a.vocab:,}", **{o: f"{int((p > 0).sum()):,}" for o, p in probs.items()}}
     return pd.concat([table, pd.DataFrame([in_play])], ignore_index=True)
+
+
+def order_probabilities(a: Analysis) -> dict[str, Tensor]:
+    """core.probabilities under each of COMPARED_ORDERS, everything else as in `a`."""
+    return {o: core.probabilities(a.logits, a.cfg.replace(order=o), **a.request) for o in COMPARED_ORDERS}
+
+
+def order_note(a: Analysis) -> str:
+    """Whether the two orders differ here, in words (trusted: fixed text)."""
+    first, second = order_probabilities(a).values()
+    if torch.equal(first, second):
+        return ("Both orders give the same distribution here: the order matters once a filter (top-k, top-p, "
+                "min-p, …) is on with a temperature other than 1.")
+    return ("transformers divides by the temperature before the filters, llama.cpp after them, so the filters "
+            "see a different distribution.")
 
 
 # --- temperature sweep -----------------------------------------------------------------------
