@@ -5,8 +5,8 @@ import streamlit as st
 
 from ui import bridge
 from ui import next_token_view as view
-from ui.controls import (LOAD_ERRORS, bias_problem, current_settings, prompt_mode, require_model, require_prompt_ids, settings,
-                         template_expander)
+from ui.controls import (LOAD_ERRORS, bias_problem, current_settings, prompt_mode, require_model, require_prompt_ids,
+                         settings, template_expander)
 from ui.format import fmt_prob, plain_text_for_markdown, prompt_display, show_token, with_prob_text
 
 PICK_OPTIONS = 50   # the selectbox offers this many candidates, most likely first

@@ -83,7 +83,7 @@ def current_settings(state: Mapping | None = None) -> Settings:
 
 
 # "More samplers": widget key -> (SamplingConfig field, neutral value); neutral = off.
-MORE: dict[str, tuple[str, float]] = {
+MORE: dict[str, tuple[str, float | int]] = {
     "rep_penalty": ("repetition_penalty", 1.0), "presence_penalty": ("presence_penalty", 0.0),
     "frequency_penalty": ("frequency_penalty", 0.0), "penalty_last_n": ("penalty_last_n", -1),
     "typical_p": ("typical_p", 1.0), "top_n_sigma": ("top_n_sigma", 0.0), "xtc_threshold": ("xtc_threshold", 0.1),
@@ -117,7 +117,7 @@ def order_setting(state: Mapping) -> str | tuple[str, ...]:
 
 def more_samplers(state: Mapping) -> dict[str, object]:
     """The SamplingConfig fields beyond the basic four, from the sidebar's keys (ValueError on bad text)."""
-    fields: dict[str, object] = {field: type(neutral)(state.get(key, neutral)) for key, (field, neutral) in MORE.items()}
+    fields: dict[str, object] = {name: type(neutral)(state.get(key, neutral)) for key, (name, neutral) in MORE.items()}
     fields["logit_bias"] = parse_logit_bias(state.get("logit_bias_text", ""))
     fields["order"] = order_setting(state)
     return fields

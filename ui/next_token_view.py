@@ -40,7 +40,8 @@ class Analysis:
     logits: Tensor              # raw float32 logits (V,)
     cfg: core.SamplingConfig
     stages: list[core.Stage]    # raw, then the chain in cfg's order (the basic four always, others when on)
-    request: Mapping[str, object] = field(default_factory=dict)   # read-only: history, prompt_length, dry_breakers, xtc_uniform
+    # core.pipeline's keywords (history, prompt_length, dry_breakers, xtc_uniform); read, never changed
+    request: Mapping[str, object] = field(default_factory=dict)
 
     @functools.cached_property
     def order(self) -> Tensor:
@@ -528,7 +529,8 @@ def order_comparison(a: Analysis, tokenizer: core.Tokenizer, n: int = 10) -> pd.
                           "raw": [fmt_prob(float(p)) for p in a.raw_probs[ids]]})
     for o, p in probs.items():
         table[o] = [fmt_prob(float(v)) for v in p[ids]]
-    in_play = {"token": "tokens in play", "raw": f"{a.vocab:,}", **{o: f"{int((p > 0).sum()):,}" for o, p in probs.items()}}
+    in_play = {"token": "tokens in play", "raw": f"{a.vocab:,}",
+               **{o: f"{int((p > 0).sum()):,}" for o, p in probs.items()}}
     return pd.concat([table, pd.DataFrame([in_play])], ignore_index=True)
 
 
@@ -555,7 +557,8 @@ def sweep_figure(sweep: core.TemperatureSweep, current: float) -> go.Figure:
     from plotly.subplots import make_subplots
 
     fig = make_subplots(rows=1, cols=3, horizontal_spacing=0.08,
-                        subplot_titles=("entropy (bits)", "effective candidates (2^entropy)", "top token's probability"))
+                        subplot_titles=("entropy (bits)", "effective candidates (2^entropy)",
+                                        "top token's probability"))
     t = list(sweep.temperatures)
     series = [(sweep.entropy, "%{y:.2f} bits"), (sweep.effective, "%{y:,.1f} tokens"), (sweep.top_prob, "%{y:.1%}")]
     for col, (y, fmt) in enumerate(series, 1):
