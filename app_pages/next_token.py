@@ -145,6 +145,7 @@ distribution(a)
 
 
 st.subheader("Temperature sweep")
-sweep = bridge.temperature_sweep(s.model, ids, s.sampling, tuple(a.request.items()))
+sweep = bridge.temperature_sweep(s.model, ids, s.sampling, view.sweep_temperatures(s.sampling.temperature),
+                                 tuple(a.request.items()))
 st.plotly_chart(view.sweep_figure(sweep, s.sampling.temperature), width="stretch", key="nt_sweep")
 st.caption(view.sweep_caption(sweep, s.sampling.temperature))

@@ -274,7 +274,7 @@ def test_order_comparison_toggle_and_temperature_sweep(at, tiny, logits):
     assert in_play["llama.cpp"] == \
         f"{int((core.probabilities(logits, cfg.replace(order='llama.cpp')) > 0).sum()):,}"
     sweep = chart(at, "nt_sweep")
-    expected = core.temperature_sweep(logits, cfg)
+    expected = core.temperature_sweep(logits, cfg, view.sweep_temperatures(3.0))
     assert sweep["data"][0]["y"] == pytest.approx(list(expected.entropy))
     assert [s["x0"] for s in sweep["layout"]["shapes"]] == [3.0, 3.0, 3.0]
     assert any("At T = 3:" in c.value for c in at.caption)

@@ -333,7 +333,10 @@ def test_order_comparison_temperature_before_or_after_the_filters(tiny, logits):
 
 def test_sweep_figure_marks_the_current_temperature(logits):
     cfg = core.SamplingConfig(temperature=0.7, top_k=40)
-    sweep = core.temperature_sweep(logits, cfg)
+    grid = view.sweep_temperatures(0.7)
+    assert grid[:3] == (0.0, 0.2, 0.4) and grid[-1] == 5.0 and 0.7 in grid and len(grid) == 27
+    assert view.sweep_temperatures(0.4) == core.sampling.temperature_grid(5.0, 26)   # on the grid already
+    sweep = core.temperature_sweep(logits, cfg, grid)
     fig = view.sweep_figure(sweep, 0.7)
     assert [list(tr.y) for tr in fig.data] == [list(sweep.entropy), list(sweep.effective), list(sweep.top_prob)]
     assert list(fig.data[0].x) == list(sweep.temperatures) and max(fig.data[0].x) == 5.0

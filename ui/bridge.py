@@ -67,11 +67,11 @@ def dry_breakers_for(source: str, cfg: core.SamplingConfig) -> tuple[tuple[int, 
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
-def temperature_sweep(source: str, ids: tuple[int, ...], cfg: core.SamplingConfig,
+def temperature_sweep(source: str, ids: tuple[int, ...], cfg: core.SamplingConfig, temperatures: tuple[float, ...],
                       request: tuple[tuple[str, object], ...]) -> core.TemperatureSweep:
     """core.temperature_sweep on the cached logits after ids; `request` as pipeline's keywords, as pairs."""
     logits = torch.from_numpy(next_token_logits(source, ids).copy())
-    return core.temperature_sweep(logits, cfg, **dict(request))
+    return core.temperature_sweep(logits, cfg, temperatures, **dict(request))
 
 
 @st.cache_data(show_spinner=False, max_entries=256)

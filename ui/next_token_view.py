@@ -551,6 +551,12 @@ def order_note(a: Analysis) -> str:
 
 # --- temperature sweep -----------------------------------------------------------------------
 
+def sweep_temperatures(current: float, high: float = 5.0, steps: int = 26) -> tuple[float, ...]:
+    """The sweep's grid: every 0.2 from 0 to 5 plus the current temperature, so the caption reads the
+    exact value there (26 points, where core's default 51 costs twice as long on each settings change)."""
+    return tuple(sorted({*core.sampling.temperature_grid(high, steps), float(current)}))
+
+
 def sweep_figure(sweep: core.TemperatureSweep, current: float) -> go.Figure:
     """Three small panels over T = 0…5 with the current T marked: entropy (bits), effective number of
     candidates (2^entropy, log scale) and the top token's probability."""
