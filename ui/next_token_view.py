@@ -553,7 +553,8 @@ def order_note(a: Analysis) -> str:
 
 def sweep_temperatures(current: float, high: float = 5.0, steps: int = 26) -> tuple[float, ...]:
     """The sweep's grid: every 0.2 from 0 to 5 plus the current temperature, so the caption reads the
-    exact value there (26 points, where core's default 51 costs twice as long on each settings change)."""
+    exact value there (27 points at most, fewer than core's default 51: the sweep reruns on every settings
+    change)."""
     return tuple(sorted({*core.sampling.temperature_grid(high, steps), float(current)}))
 
 
