@@ -18,7 +18,7 @@ bridge.preload()  # the default model loads on its own thread while this run dra
 
 pages = [
     st.Page("app_pages/next_token.py", title="Next token", icon=":material/bar_chart:", default=True),
-    st.Page("app_pages/side_by_side.py", title="Temperatures side by side", icon=":material/thermostat:"),
+    st.Page("app_pages/side_by_side.py", title="Compare settings", icon=":material/thermostat:"),
     st.Page("app_pages/generate.py", title="Generate", icon=":material/edit_note:"),
     st.Page("app_pages/lesson.py", title="How sampling works", icon=":material/school:"),
 ]

@@ -5,8 +5,8 @@ import streamlit as st
 
 from ui import bridge
 from ui import next_token_view as view
-from ui.controls import (LOAD_ERRORS, current_settings, prompt_mode, require_model, require_prompt_ids, settings,
-                         template_expander)
+from ui.controls import (LOAD_ERRORS, bias_problem, current_settings, prompt_mode, require_model, require_prompt_ids,
+                         settings, template_expander)
 from ui.format import fmt_prob, plain_text_for_markdown, prompt_display, show_token, with_prob_text
 
 PICK_OPTIONS = 50   # the selectbox offers this many candidates, most likely first
@@ -22,9 +22,12 @@ def _act(kind: str) -> None:
         lm = bridge.get_model(s.model)
     except LOAD_ERRORS:
         return   # require_model names the problem on the page run that follows
+    if bias_problem(s.sampling, lm.tokenizer.vocab_size):
+        return   # likewise
     ids = bridge.encode_prompt(s.model, s.prompt, prompt_mode(s, lm))
     a = view.current_analysis(st.session_state, (s.model, s.prompt, s.mode), ids,
-                              functools.partial(bridge.prompt_logits, s.model), s.sampling)
+                              functools.partial(bridge.prompt_logits, s.model), s.sampling,
+                              bridge.dry_breakers_for(s.model, s.sampling))
     if kind == "sample":
         view.on_sample(st.session_state, a, lm.tokenizer)
     else:
@@ -43,7 +46,7 @@ state = st.session_state
 context = (s.model, s.prompt, s.mode)
 # Cached on (model, ids): a slider move redraws from these logits without running the model.
 a = view.current_analysis(state, context, prompt_ids, functools.partial(bridge.prompt_logits, s.model),
-                          s.sampling)
+                          s.sampling, bridge.dry_breakers_for(s.model, s.sampling))
 appended = view.appended_ids(state)
 ids = prompt_ids + tuple(appended)
 
@@ -114,7 +117,13 @@ def distribution(a: view.Analysis) -> None:
         st.markdown(view.summary_markdown(a))
         st.caption("Mass kept: the probability (after temperature) that the surviving tokens held; raw mass: the "
                    "same tokens under the model's own distribution. Sample renormalises the survivors to 100%. "
-                   "Entropy: 0 bits = one possible token; n bits ≈ as unsure as 2ⁿ equally likely tokens.")
+                   "Entropy: 0 bits = one possible token; n bits ≈ as unsure as 2ⁿ equally likely tokens. "
+                   "Penalties, DRY and logit bias see the prompt and the appended tokens; the table marks the "
+                   "tokens they moved (penalty↓, bias↑).")
+        if st.toggle("Same settings: transformers vs llama.cpp order", key="nt_compare_orders",
+                     help="transformers applies temperature before the filters, llama.cpp after them."):
+            st.dataframe(view.order_comparison(a, tok), hide_index=True, width="stretch", height="content")
+            st.caption(view.order_note(a))
 
     st.dataframe(with_prob_text(table, ["raw probability", "filtered probability"]), hide_index=True,
                  width="stretch", key="nt_table",
@@ -133,3 +142,10 @@ def distribution(a: view.Analysis) -> None:
 
 
 distribution(a)
+
+
+st.subheader("Temperature sweep")
+sweep = bridge.temperature_sweep(s.model, ids, s.sampling, view.sweep_temperatures(s.sampling.temperature),
+                                 tuple(a.request.items()))
+st.plotly_chart(view.sweep_figure(sweep, s.sampling.temperature), width="stretch", key="nt_sweep")
+st.caption(view.sweep_caption(sweep, s.sampling.temperature))

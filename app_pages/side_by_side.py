@@ -1,4 +1,5 @@
-"""Temperatures side by side: one prompt, one seed, 2-4 temperatures; charts, live text and 1,000 draws."""
+"""Compare settings: one prompt, one seed, 2-4 columns (temperatures, or full settings from a ready-made
+comparison, each editable); charts, live text and 1,000 draws."""
 from __future__ import annotations
 
 import time
@@ -17,17 +18,38 @@ s = settings()
 lm = require_model(s)
 ids = require_prompt_ids(s, lm)
 
-st.title("Temperatures side by side")
-st.caption(view.filters_caption(s.sampling))
+st.title("Compare settings")
+comparison = st.selectbox("Compare", [view.TEMPERATURES, *view.COMPARISONS], key="sbs_comparison")
+temperatures = comparison == view.TEMPERATURES
+st.caption(view.filters_caption(s.sampling) if temperatures else view.setting_caption(s.sampling.seed))
 
 left, right = st.columns([1, 2])
-n_cols = left.radio("Columns", [2, 3, 4], index=1, horizontal=True, key="sbs_columns")
+n_cols = left.radio("Columns", [2, 3, 4], index=1, horizontal=True, key="sbs_columns") if temperatures else 2
 top_n = right.slider("Tokens in each chart", 3, 30, 10, key="sbs_top_n")
 
+
+def _edits(col, i: int, cfg: core.SamplingConfig) -> dict[str, object]:
+    """The "Edit this column" expander: the column's values as defaults, keyed by comparison and column."""
+    key = f"sbs_edit_{list(view.COMPARISONS).index(comparison)}_{i}"
+    with col.expander("Edit this column"):
+        orders = list(core.ORDERS)
+        return {"temperature": st.number_input("Temperature", 0.0, None, cfg.temperature, 0.1, "%g", key=f"{key}_t"),
+                "top_k": int(st.number_input("Top-k (0 = off)", 0, None, cfg.top_k or 0, key=f"{key}_k")) or None,
+                "top_p": st.slider("Top-p", 0.01, 1.0, cfg.top_p, 0.01, key=f"{key}_p"),
+                "min_p": st.slider("Min-p", 0.0, 0.99, cfg.min_p, 0.01, key=f"{key}_m"),
+                "repetition_penalty": st.slider("Repetition penalty", 1.0, 2.0, cfg.repetition_penalty, 0.05,
+                                                key=f"{key}_rep"),
+                "order": st.selectbox("Order", orders, orders.index(cfg.rules), key=f"{key}_order")}
+
+
 cols = st.columns(n_cols)
-temps = [col.number_input(f"Temperature, column {i + 1}", value=view.DEFAULT_TEMPERATURES[i], step=0.1,
-                          format="%g", key=f"sbs_t{i}") for i, col in enumerate(cols)]
-specs = view.column_specs(temps, s.sampling)
+if temperatures:
+    temps = [col.number_input(f"Temperature, column {i + 1}", value=view.DEFAULT_TEMPERATURES[i], step=0.1,
+                              format="%g", key=f"sbs_t{i}") for i, col in enumerate(cols)]
+    specs = view.column_specs(temps, s.sampling)
+else:
+    configs = view.comparison_configs(comparison, s.sampling.seed)
+    specs = view.setting_specs(configs, [_edits(col, i, c) for i, (col, c) in enumerate(zip(cols, configs))])
 valid = [sp for sp in specs if sp.config is not None]
 
 bridge.read_prompt(s.model, ids)  # a long prompt: a progress bar while it is read
@@ -35,18 +57,21 @@ bridge.read_prompt(s.model, ids)  # a long prompt: a progress bar while it is re
 logits = torch.from_numpy(bridge.next_token_logits(s.model, ids))
 order = view.token_order(logits, top_n)
 labels = view.token_labels(order, lm.tokenizer.token_text)
-probs = {sp.index: core.probabilities(logits, sp.config) for sp in valid}
+probs = {sp.index: core.probabilities(logits, sp.config, **view.column_request(
+    sp.config, ids, bridge.dry_breakers_for(s.model, sp.config))) for sp in valid}
 x_max = view.shared_x_max([probs[sp.index][order].tolist() for sp in valid])
 for sp, col in zip(specs, cols):
     with col:
         if sp.error:
             st.error(plain_text_for_markdown(sp.error), icon="⚠️")   # shown literally, ">=" stays ">="
             continue
+        if not temperatures:
+            st.markdown(f"**{plain_text_for_markdown(sp.name)}**")
         st.plotly_chart(view.distribution_figure(labels, probs[sp.index][order].tolist(), x_max, sp.color),
                         width="stretch")
         st.caption(view.column_summary(probs[sp.index], order))
 st.caption(f"The {len(order)} tokens the model ranks highest, in the same order in every column: "
-           "temperature never changes the ranking, only how tall the bars are.")
+           "temperature never changes the ranking, only how tall the bars are (a penalty or bias can).")
 
 
 # No st.fragment here: a click inside a running fragment is queued until it ends, so Stop could
@@ -66,8 +91,8 @@ status = st.empty()
 boxes = {sp.index: col.empty() for sp, col in zip(specs, st.columns(len(specs)))}
 steps_area = st.empty()
 
-st.subheader(f"The book's experiment: {view.N_DRAWS:,} draws at each temperature")
-st.write(f"Draw the prompt's next token {view.N_DRAWS:,} times at each column's temperature and count what "
+st.subheader(f"The book's experiment: {view.N_DRAWS:,} draws in each column")
+st.write(f"Draw the prompt's next token {view.N_DRAWS:,} times with each column's settings and count what "
          "comes out. Every column uses the same 1,000 random numbers (seeded from the sidebar).")
 if valid:
     counts = view.draw_counts([probs[sp.index] for sp in valid], s.sampling.seed)
@@ -90,7 +115,7 @@ def show(run: view.GenerationRun, live: bool) -> None:
         with boxes[sp.index].container():
             st.markdown(f"**{sp.name}**")
             if sp.config is None:
-                st.caption("No text: the temperature above is not valid.")
+                st.caption("No text: the setting above is not valid.")
                 continue
             j = where[sp.name]
             st.html(view.continuation_html(shown_prompt, run.texts[j], sp.color, run.divergence, run.finished[j],

@@ -33,8 +33,8 @@ def ok(app: AppTest) -> None:
     assert app.title[0].value == "Next token"
 
 
-def chart(app: AppTest) -> dict:
-    charts = app.get("plotly_chart")
+def chart(app: AppTest, key: str = "nt_chart") -> dict:
+    charts = [c for c in app.get("plotly_chart") if c.key == key]
     assert len(charts) == 1
     return json.loads(charts[0].proto.spec)
 
@@ -257,3 +257,24 @@ def test_empty_prompt_shows_a_message(at):
     assert not at.error
     assert [i.value for i in at.info] == ["Type a prompt in the sidebar to see what the model predicts next."]
     assert not at.get("plotly_chart")
+
+
+def test_order_comparison_toggle_and_temperature_sweep(at, tiny, logits):
+    at.slider(key="temperature").set_value(3.0)
+    at.slider(key="top_p").set_value(0.5).run()
+    ok(at)
+    assert not [d for d in at.dataframe if "llama.cpp" in d.value.columns]
+    at.toggle(key="nt_compare_orders").set_value(True).run()
+    ok(at)
+    table = next(d.value for d in at.dataframe if "llama.cpp" in d.value.columns)
+    cfg = core.SamplingConfig(temperature=3.0, top_p=0.5)
+    in_play = table.iloc[-1]
+    assert in_play["token"] == "tokens in play"
+    assert in_play["transformers"] == f"{int((core.probabilities(logits, cfg) > 0).sum()):,}"
+    assert in_play["llama.cpp"] == \
+        f"{int((core.probabilities(logits, cfg.replace(order='llama.cpp')) > 0).sum()):,}"
+    sweep = chart(at, "nt_sweep")
+    expected = core.temperature_sweep(logits, cfg, view.sweep_temperatures(3.0))
+    assert sweep["data"][0]["y"] == pytest.approx(list(expected.entropy))
+    assert [s["x0"] for s in sweep["layout"]["shapes"]] == [3.0, 3.0, 3.0]
+    assert any("At T = 3:" in c.value for c in at.caption)

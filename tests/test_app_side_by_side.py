@@ -1,4 +1,4 @@
-"""AppTest for the "Temperatures side by side" page on the tiny random GPT-2.
+"""AppTest for the "Compare settings" page on the tiny random GPT-2.
 
 Expected values come from `core` directly, so a wrong chart or wrong text fails the test.
 """
@@ -162,7 +162,7 @@ def test_invalid_temperature_shows_a_message_not_a_traceback(at: AppTest, tiny: 
     bodies = boxes(at)
     assert len(bodies) == 2
     assert visible(bodies[0]) == PROMPT + visible_text("".join(expected_texts(tiny, [0.1], 5)[0]))
-    assert any("the temperature above is not valid" in c.value for c in at.caption)
+    assert any("the setting above is not valid" in c.value for c in at.caption)
     table = at.dataframe[-1].value
     assert [c for c in table.columns if c.startswith("T =")] == ["T = 0.1", "T = 5"]
 
@@ -211,3 +211,35 @@ def test_sidebar_filters_apply_to_every_column(at: AppTest, tiny: core.LanguageM
     texts = {visible(b) for b in boxes(at)}
     greedy = expected_texts(tiny, [0.0], 8)[0]
     assert texts == {PROMPT + visible_text("".join(greedy))}
+
+
+def test_ready_made_comparisons_chart_and_generate_full_settings(at: AppTest, tiny: core.LanguageModel,
+                                                                logits: torch.Tensor) -> None:
+    assert at.title[0].value == "Compare settings"
+    ids = tiny.tokenizer.encode(PROMPT)
+    order = view.token_order(logits, 10)
+    for name in view.COMPARISONS:
+        at.selectbox(key="sbs_comparison").set_value(name).run()
+        assert not at.exception and not at.error
+        cfgs = view.comparison_configs(name, 123)
+        x = dist_x(at)
+        assert len(x) == 2
+        for got, cfg in zip(x, cfgs):
+            expected = core.probabilities(logits, cfg, history=ids, prompt_length=len(ids))[order].tolist()
+            assert got == pytest.approx(expected, rel=1e-5), name
+    # the last one: transformers vs llama.cpp order; edit column 2 and generate both with one seed
+    at.slider(key="sbs_edit_3_1_rep").set_value(1.5).run()
+    cfgs = [c for c in view.comparison_configs("transformers vs llama.cpp order (T = 2, top-p 0.9)", 123)]
+    cfgs[1] = cfgs[1].replace(repetition_penalty=1.5)
+    assert dist_x(at)[1] == pytest.approx(core.probabilities(logits, cfgs[1], history=ids)[order].tolist(), rel=1e-5)
+    generate(at, max_tokens=8)
+    assert not at.exception
+    out: list[list[str]] = [[], []]
+    for steps in core.generate_many(tiny, ids, cfgs, 8, seed=123, stop_at_eos=False):
+        for i, step in enumerate(steps):
+            if step is not None:
+                out[i].append(step.text)
+    texts = [visible(b) for b in boxes(at)]
+    assert len(texts) == 2
+    for text, expected in zip(texts, out):
+        assert "".join(expected).strip() in text

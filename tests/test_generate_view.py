@@ -57,8 +57,10 @@ def test_json_holds_what_the_export_promises(run: gv.Run) -> None:
     assert doc["format"] == "sampling-lab-run" and doc["version"] == 1
     assert doc["model"] == "gpt2-tiny (random weights)" and doc["prompt"] == "Every effort moves you"
     assert doc["prompt_mode"] == "raw" and doc["text"] == run.text
+    more = doc["settings"].pop("more")
     assert doc["settings"] == {"temperature": 1.0, "top_k": 50, "top_p": 0.9, "min_p": 0.0, "seed": 7,
                                "max_new_tokens": 6, "stop_at_eos": True}
+    assert more["repetition_penalty"] == 1.0 and more["order"] == "transformers" and more["logit_bias"] == []
     first = doc["steps"][0]
     assert first["token_id"] == run.steps[0].token_id and len(first["top_before"]) == 10
     assert set(first["top_after"][0]) == {"token_id", "text", "prob", "raw_prob", "logit"}
@@ -234,6 +236,23 @@ def test_alternatives_tables_mark_the_choice_and_add_it_when_outside_the_top() -
     assert list(before["chosen"]) == ["✓", ""] and len(before) == 2
 
 
+def test_json_keeps_the_samplers_beyond_the_basic_four() -> None:
+    cfg = SamplingConfig(seed=3, repetition_penalty=1.3, logit_bias={5: -2.0}, dry_multiplier=0.8, xtc_probability=0.5,
+                         order=("logit-bias", "penalties", "dry", "top-k", "xtc", "temperature"))
+    run = gv.Run(**{**_hand_run(_step(0, "x", 0.9)).__dict__, "sampling": cfg})
+    assert gv.parse_run(gv.run_to_json(run)).sampling == cfg
+    # files saved before these fields existed replay with them off
+    doc = json.loads(gv.run_to_json(run))
+    del doc["settings"]["more"]
+    assert gv.parse_run(json.dumps(doc)).sampling == SamplingConfig(seed=3)
+    for bad, words in (({"typical_p": 2}, "typical_p must be a finite number in (0, 1], got 2"),
+                       ({"nonsense": 1}, "settings.more has an unknown field 'nonsense'"),
+                       ({"order": ["temperature", "banana"]}, "unknown stage 'banana' in order")):
+        doc["settings"]["more"] = bad
+        with pytest.raises(gv.RunFormatError, match=re.escape(words)):
+            gv.parse_run(json.dumps(doc))
+
+
 def test_settings_changes_and_labels(run: gv.Run) -> None:
     cfg = run.sampling
     assert gv.settings_changes(run, run.model_label, run.prompt, "raw", cfg, 6) == []
@@ -242,6 +261,9 @@ def test_settings_changes_and_labels(run: gv.Run) -> None:
     # "chat" asked of a model without a template ran as raw: not a change while the sidebar still says chat.
     assert gv.settings_changes(run, run.model_label, run.prompt, "chat", cfg, 6, asked_mode="chat") == []
     assert gv.settings_changes(run, run.model_label, run.prompt, "chat", cfg, 6) == ["prompt mode"]
+    assert gv.settings_changes(run, run.model_label, run.prompt, "raw", cfg.replace(repetition_penalty=1.2), 6) == \
+        ["more samplers"]
+    assert gv.settings_changes(run, run.model_label, run.prompt, "raw", cfg.replace(order="llama.cpp"), 6) == ["order"]
 
 
 def test_status_notes(run: gv.Run) -> None:

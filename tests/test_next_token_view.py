@@ -271,3 +271,78 @@ def test_text_pieces_keep_split_characters_whole_and_html_is_escaped(tiny):
     assert "\ufffd" not in "".join(pieces)
     html = view.text_so_far_html("<img src=x onerror=alert(1)>", pieces)
     assert "<img" not in html and "<b>" not in html and "&lt;img src=x" in html
+
+
+# --- penalties see the continuation; moved tokens are marked; two orders; the sweep ------------
+
+def test_step_request_history_is_prompt_plus_appended():
+    cfg = core.SamplingConfig(repetition_penalty=1.3)
+    req = view.step_request(cfg, [4, 5], [1, 1])
+    assert req == {"history": (4, 5, 1, 1), "prompt_length": 2, "dry_breakers": None}
+    xtc = core.SamplingConfig(xtc_probability=0.5, seed=9)
+    u = view.step_request(xtc, [4], [1, 2])["xtc_uniform"]
+    assert u == float(core.sampling.draw_uniform(core.make_generator(9 + 2), 2)[1])   # seed + step, 2nd number
+    assert "xtc_uniform" not in view.step_request(core.SamplingConfig(xtc_probability=1.0), [4], [])
+
+
+def test_penalty_and_bias_are_marked_with_their_direction(tiny):
+    # SMALL's logits 3, 2, 1, 0, -8, -9; history holds ids 0 and 3 (logit 0: repetition leaves 0 at 0)
+    cfg = core.SamplingConfig(repetition_penalty=2.0, presence_penalty=0.5, logit_bias={2: 1.5})
+    a = view.analyze(SMALL, cfg, **view.step_request(cfg, [0], [3, 4]))
+    assert view.moved_marks(a, torch.tensor([0, 1, 2, 3, 4])) == ["penalty↓", "", "bias↑", "penalty↓", "penalty↓"]
+    expected = core.probabilities(SMALL, cfg, history=[0, 3, 4], prompt_length=1)
+    table = view.distribution_table(a, tiny.tokenizer)
+    assert torch.equal(torch.tensor(table.sort_values("id")["filtered probability"].to_numpy()), expected)
+    status = dict(zip(table["id"], table["status"]))
+    assert status[0] == "kept · penalty↓" and status[2] == "kept · bias↑" and status[1] == "kept"
+    assert SMALL.tolist() == [3.0, 2.0, 1.0, 0.0, -8.0, -9.0]
+    # the chart prints the mark beside a kept token's raw bar, and still treats it as kept
+    fig = view.distribution_figure(table.head(4), view.rest_of(a, 4), cfg)
+    assert list(fig.data[0].text[:4]) == ["kept · penalty↓", "", "kept · bias↑", "kept · penalty↓"]
+    assert fig.data[0].marker.color[0] == view.RAW_COLOR
+
+
+def test_current_analysis_penalises_the_appended_tokens(logits):
+    state: dict = {}
+    cfg = core.SamplingConfig(repetition_penalty=3.0)
+    view.current_analysis(state, ("m", "p", "raw"), [1, 2], lambda ids: logits.numpy(), cfg)
+    top = int(logits.argmax())
+    view.append_pick(state, view.Pick(top, "x", "chosen", 1, 10, 0.1, 0.1, 10, "kept", False, "T = 1"))
+    a = view.current_analysis(state, ("m", "p", "raw"), [1, 2], lambda ids: logits.numpy(), cfg)
+    assert torch.equal(a.probs, core.probabilities(logits, cfg, history=[1, 2, top], prompt_length=2))
+    assert bool(a.stages[1].moved[top]) and a.stages[1].name == "penalties"
+
+
+def test_order_comparison_temperature_before_or_after_the_filters(tiny, logits):
+    cfg = core.SamplingConfig(temperature=3.0, top_p=0.5)
+    a = view.analyze(logits, cfg)
+    table = view.order_comparison(a, tiny.tokenizer, n=5)
+    assert list(table.columns) == ["token", "raw", "transformers", "llama.cpp"]
+    assert len(table) == 6 and table["token"].iloc[-1] == "tokens in play"
+    hf = core.probabilities(logits, cfg.replace(order="transformers"))
+    llama = core.probabilities(logits, cfg.replace(order="llama.cpp"))
+    ids = a.top(5)
+    assert table["transformers"].iloc[:5].tolist() == [fmt_prob(float(p)) for p in hf[ids]]
+    assert table["llama.cpp"].iloc[:5].tolist() == [fmt_prob(float(p)) for p in llama[ids]]
+    # top-p after T = 3 keeps many more tokens than top-p on the raw distribution
+    kept_hf, kept_llama = (int(table[c].iloc[-1].replace(",", "")) for c in ("transformers", "llama.cpp"))
+    assert kept_hf == int((hf > 0).sum()) and kept_llama == int((llama > 0).sum()) and kept_hf > kept_llama
+    assert view.order_note(a).startswith("transformers divides by the temperature before the filters")
+    assert view.order_note(view.analyze(logits, core.SamplingConfig(temperature=3.0))).startswith("Both orders")
+
+
+def test_sweep_figure_marks_the_current_temperature(logits):
+    cfg = core.SamplingConfig(temperature=0.7, top_k=40)
+    grid = view.sweep_temperatures(0.7)
+    assert grid[:3] == (0.0, 0.2, 0.4) and grid[-1] == 5.0 and 0.7 in grid and len(grid) == 27
+    assert view.sweep_temperatures(0.4) == core.sampling.temperature_grid(5.0, 26)   # on the grid already
+    sweep = core.temperature_sweep(logits, cfg, grid)
+    fig = view.sweep_figure(sweep, 0.7)
+    assert [list(tr.y) for tr in fig.data] == [list(sweep.entropy), list(sweep.effective), list(sweep.top_prob)]
+    assert list(fig.data[0].x) == list(sweep.temperatures) and max(fig.data[0].x) == 5.0
+    assert [s.x0 for s in fig.layout.shapes] == [0.7, 0.7, 0.7]
+    assert fig.layout.yaxis2.type == "log"
+    caption = view.sweep_caption(sweep, 0.7)
+    i = sweep.temperatures.index(0.7)
+    assert f"At T = 0.7: entropy {sweep.entropy[i]:.2f} bits" in caption
+    assert sweep.entropy[0] == 0.0 and sweep.top_prob[0] == 1.0   # T = 0 is greedy

@@ -209,3 +209,39 @@ def test_counts_table_sums_to_the_draws_with_an_other_row() -> None:
     fig = view.counts_figure(table, ["T = 0", "T = 5"], ["#111111", "#222222"])
     assert [list(bar.y) for bar in fig.data] == [table["T = 0"].tolist(), table["T = 5"].tolist()]
     assert view.distinct_caption(counts, ["T = 0", "T = 5"]).startswith("Different tokens drawn: T = 0 → 1 · ")
+
+
+# --- ready-made comparisons: each column a full setting ------------------------------------------
+
+def test_comparisons_are_full_settings_with_the_sidebar_seed() -> None:
+    cfgs = {name: view.comparison_configs(name, 7) for name in view.COMPARISONS}
+    assert cfgs["top-p 0.9 vs min-p 0.1 at temperature 3"] == [
+        core.SamplingConfig(temperature=3.0, top_p=0.9, seed=7), core.SamplingConfig(temperature=3.0, min_p=0.1, seed=7)]
+    assert [c.temperature for c in cfgs["greedy vs temperature 1"]] == [0.0, 1.0]
+    assert [c.repetition_penalty for c in cfgs["with vs without repetition penalty"]] == [1.3, 1.0]
+    assert [c.order for c in cfgs["transformers vs llama.cpp order (T = 2, top-p 0.9)"]] == ["transformers", "llama.cpp"]
+
+
+def test_setting_specs_apply_edits_name_columns_and_report_bad_values() -> None:
+    cfgs = view.comparison_configs("transformers vs llama.cpp order (T = 2, top-p 0.9)", 5)
+    specs = view.setting_specs(cfgs, [{}, {"top_k": 3}])
+    assert [sp.name for sp in specs] == ["T = 2 · top-p 0.9", "T = 2 · top-k 3 · top-p 0.9 · llama.cpp order"]
+    assert specs[1].config == cfgs[1].replace(top_k=3) and specs[1].color != specs[0].color
+    same = view.setting_specs([core.SamplingConfig()] * 2, [{}, {}])
+    assert [sp.name for sp in same] == ["T = 1 · no filters (column 1)", "T = 1 · no filters (column 2)"]
+    bad = view.setting_specs(cfgs, [{"top_p": 0.0}, {}])
+    assert bad[0].config is None and bad[0].error == "Column 1: top_p must be a finite number in (0, 1], got 0.0."
+    assert bad[1].config is not None
+
+
+def test_order_comparison_charts_differ_and_penalty_sees_the_prompt() -> None:
+    hf, llama = view.comparison_configs("transformers vs llama.cpp order (T = 2, top-p 0.9)", 5)
+    p_hf = core.probabilities(BOOK_LOGITS, hf, **view.column_request(hf, [3], None))
+    p_llama = core.probabilities(BOOK_LOGITS, llama, **view.column_request(llama, [3], None))
+    assert int((p_hf > 0).sum()) > int((p_llama > 0).sum())   # top-p after T = 2 keeps more
+    with_rep, without = view.comparison_configs("with vs without repetition penalty", 5)
+    req = view.column_request(with_rep, [FORWARD], None)
+    assert req["history"] == (FORWARD,) and req["prompt_length"] == 1
+    p_with = core.probabilities(BOOK_LOGITS, with_rep, **req)
+    p_without = core.probabilities(BOOK_LOGITS, without, **view.column_request(without, [FORWARD], None))
+    assert p_with[FORWARD] < p_without[FORWARD]   # the prompt's own token is penalised

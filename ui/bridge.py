@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import streamlit as st
+import torch
 
 import core
 
@@ -104,6 +105,26 @@ def prompt_logits(source: str, ids: tuple[int, ...]) -> np.ndarray:
     """`next_token_logits`, with a progress bar first where a long prompt has not been read yet."""
     read_prompt(source, ids)
     return next_token_logits(source, ids)
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def dry_breakers(source: str, breakers: tuple[str, ...]) -> tuple[tuple[int, ...], ...]:
+    """DRY's sequence breakers as token-id sequences for this model (a scan of the whole vocabulary)."""
+    tok = get_model(source).tokenizer
+    return core.dry_breaker_ids(breakers, tok.token_text, tok.encode, tok.vocab_size)
+
+
+def dry_breakers_for(source: str, cfg: core.SamplingConfig) -> tuple[tuple[int, ...], ...] | None:
+    """`dry_breakers` where DRY is on, else None (no scan)."""
+    return dry_breakers(source, cfg.dry_sequence_breakers) if cfg.dry_multiplier else None
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def temperature_sweep(source: str, ids: tuple[int, ...], cfg: core.SamplingConfig, temperatures: tuple[float, ...],
+                      request: tuple[tuple[str, object], ...]) -> core.TemperatureSweep:
+    """core.temperature_sweep on the cached logits after ids; `request` as pipeline's keywords, as pairs."""
+    logits = torch.from_numpy(next_token_logits(source, ids).copy())
+    return core.temperature_sweep(logits, cfg, temperatures, **dict(request))
 
 
 @st.cache_data(show_spinner=False, max_entries=256)

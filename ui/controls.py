@@ -38,6 +38,7 @@ class Settings:
     prompt: str
     sampling: core.SamplingConfig
     model_name: str = ""     # how the user knows the model: the uploaded file's name, the typed path, or the label
+    error: str | None = None  # a sampler setting core refused (then `sampling` holds the basic four only)
 
 
 def _model_choices() -> dict[str, str]:
@@ -71,11 +72,63 @@ def current_settings(state: Mapping | None = None) -> Settings:
     name = label
     if source == "local":
         source, name, _ = _local_checkpoint(state)
-    cfg = core.SamplingConfig(temperature=float(state.get("temperature", 1.0)), top_k=int(state.get("top_k", 0)) or None,
-                              top_p=float(state.get("top_p", 1.0)), min_p=float(state.get("min_p", 0.0)),
-                              seed=int(state.get("seed", DEFAULT_SEED)))
+    basic = core.SamplingConfig(temperature=float(state.get("temperature", 1.0)),
+                                top_k=int(state.get("top_k", 0)) or None, top_p=float(state.get("top_p", 1.0)),
+                                min_p=float(state.get("min_p", 0.0)), seed=int(state.get("seed", DEFAULT_SEED)))
+    try:
+        cfg, error = basic.replace(**more_samplers(state)), None
+    except ValueError as e:   # core names the bad value; the page goes on with the four basic samplers
+        cfg, error = basic, str(e)
     return Settings(model=source, model_label=label, mode=state.get("prompt_mode", "raw"),
-                    prompt=state.get("prompt", DEFAULT_PROMPT), sampling=cfg, model_name=name)
+                    prompt=state.get("prompt", DEFAULT_PROMPT), sampling=cfg, model_name=name, error=error)
+
+
+# "More samplers": widget key -> (SamplingConfig field, neutral value); neutral = off.
+MORE: dict[str, tuple[str, float | int]] = {
+    "rep_penalty": ("repetition_penalty", 1.0), "presence_penalty": ("presence_penalty", 0.0),
+    "frequency_penalty": ("frequency_penalty", 0.0), "penalty_last_n": ("penalty_last_n", -1),
+    "typical_p": ("typical_p", 1.0), "top_n_sigma": ("top_n_sigma", 0.0), "xtc_threshold": ("xtc_threshold", 0.1),
+    "xtc_probability": ("xtc_probability", 0.0), "dry_multiplier": ("dry_multiplier", 0.0),
+    "dry_base": ("dry_base", 1.75), "dry_allowed_length": ("dry_allowed_length", 2),
+}
+ORDER_CHOICES = (*core.ORDERS, "custom")
+
+
+def parse_logit_bias(text: str) -> tuple[tuple[int, float], ...]:
+    """ "198:-5, 13:2.5" -> ((198, -5.0), (13, 2.5)); ValueError quoting the entry that is not id:value."""
+    pairs = []
+    for entry in filter(None, (e.strip() for e in text.replace(";", ",").split(","))):
+        token, sep, bias = entry.partition(":")
+        try:
+            if not sep:
+                raise ValueError
+            pairs.append((int(token), float(bias)))
+        except ValueError:
+            raise ValueError(f"logit bias entry {entry!r} is not token id:value (e.g. 198:-5)") from None
+    return tuple(pairs)
+
+
+def order_setting(state: Mapping) -> str | tuple[str, ...]:
+    """The order picker's value: a preset name, or the custom stages in the order they were picked."""
+    preset = state.get("order_preset", "transformers")
+    if preset != "custom":
+        return preset
+    return tuple(state.get("order_custom", core.ORDERS["transformers"]))
+
+
+def more_samplers(state: Mapping) -> dict[str, object]:
+    """The SamplingConfig fields beyond the basic four, from the sidebar's keys (ValueError on bad text)."""
+    fields: dict[str, object] = {name: type(neutral)(state.get(key, neutral)) for key, (name, neutral) in MORE.items()}
+    fields["logit_bias"] = parse_logit_bias(state.get("logit_bias_text", ""))
+    fields["order"] = order_setting(state)
+    return fields
+
+
+def rules_text(order: str | tuple[str, ...]) -> str:
+    """Which engine's rules settle the details engines disagree on, in sentences (core.RULES)."""
+    engine = order if isinstance(order, str) else "transformers"
+    lead = f"{engine}'s rules: " if isinstance(order, str) else "A custom order follows transformers' rules: "
+    return lead + " ".join(f"{stage} {rule}." for stage, rule in core.RULES[engine].items())
 
 
 def render_sidebar() -> Settings:
@@ -105,13 +158,74 @@ def render_sidebar() -> Settings:
     sb.slider("Min-p", 0.0, 0.99, 0.0, 0.01, key="min_p",
               help="Drop tokens less likely than min-p × the top token's probability. 0 = off.")
     sb.number_input("Seed", min_value=0, max_value=2**31 - 1, value=DEFAULT_SEED, step=1, key="seed")
-    sb.caption("Order: temperature → top-k → top-p → min-p (as in Hugging Face transformers).")
-    return current_settings()
+    _more_samplers(sb)
+    _order_picker(sb)
+    s = current_settings()
+    if s.error:
+        # core's message quotes what the user typed: shown literally
+        sb.error(plain_text_for_markdown(f"{s.error}. Until it is fixed, only temperature, top-k, top-p and "
+                                         "min-p apply."), icon=":material/error:")
+    return s
+
+
+def _more_samplers(sb: DeltaGenerator) -> None:
+    """Penalties, bias, typical-p, top-nσ, XTC and DRY: each off at its starting value."""
+    with sb.expander("More samplers"):
+        st.caption("Each starts switched off. Penalties and DRY look at the text so far (prompt + appended "
+                   "tokens) and push down tokens that would repeat it.")
+        st.slider("Repetition penalty (1 = off)", 1.0, 2.0, 1.0, 0.05, key="rep_penalty",
+                  help="Tokens already in the text: positive logits are divided by it, negative ones "
+                       "multiplied (transformers, llama.cpp). 1.1–1.3 is common.")
+        st.slider("Presence penalty (0 = off)", -2.0, 2.0, 0.0, 0.1, key="presence_penalty",
+                  help="Subtracted once from the logit of every token already in the text (OpenAI).")
+        st.slider("Frequency penalty (0 = off)", -2.0, 2.0, 0.0, 0.1, key="frequency_penalty",
+                  help="Subtracted from a token's logit once per time it already appeared (OpenAI).")
+        st.number_input("Penalties look back this many tokens (-1 = all)", min_value=-1, max_value=100_000,
+                        value=-1, step=1, key="penalty_last_n", help="llama.cpp's penalty_last_n; 0 = none.")
+        st.text_input("Logit bias (token id:value, …)", key="logit_bias_text", placeholder="e.g. 198:-5, 13:2",
+                      help="Added to those tokens' logits before anything else: -100 all but bans a token. "
+                           "The token ids are in the Next-token table.")
+        st.slider("Typical-p (1 = off)", 0.01, 1.0, 1.0, 0.01, key="typical_p",
+                  help="Keep the tokens whose surprise is closest to the average surprise, until they "
+                       "hold this much probability (Meister et al.).")
+        st.slider("Top-nσ (0 = off)", 0.0, 5.0, 0.0, 0.1, key="top_n_sigma",
+                  help="Keep the tokens whose logit is within n standard deviations of the best one.")
+        st.slider("XTC probability (0 = off)", 0.0, 1.0, 0.0, 0.05, key="xtc_probability",
+                  help="Exclude Top Choices: with this chance per token, drop every token above the "
+                       "threshold except the least likely of them, so the obvious choice gives way.")
+        st.slider("XTC threshold", 0.0, 0.5, 0.1, 0.01, key="xtc_threshold")
+        st.slider("DRY multiplier (0 = off)", 0.0, 2.0, 0.0, 0.05, key="dry_multiplier",
+                  help="Don't Repeat Yourself: penalise the token that would extend a repeat of "
+                       "earlier text; the penalty grows with the repeat's length. 0.8 is common.")
+        st.slider("DRY base", 1.0, 3.0, 1.75, 0.05, key="dry_base")
+        st.number_input("DRY allowed length", min_value=0, max_value=50, value=2, step=1, key="dry_allowed_length",
+                        help="Repeats up to this many tokens are free. Sequence breakers: newline, "
+                             "':', '\"' and '*' (llama.cpp's defaults).")
+
+
+def _order_picker(sb: DeltaGenerator) -> None:
+    """Which order the stages run in: an engine's, or one the user picks stage by stage."""
+    preset = sb.selectbox("Order of the stages", ORDER_CHOICES, key="order_preset",
+                          format_func=lambda o: "custom…" if o == "custom" else o,
+                          help="transformers and vLLM apply temperature before the filters; llama.cpp "
+                               "applies it last, after them.")
+    if preset == "custom":
+        sb.multiselect("Stages, in the order they run", core.STAGE_NAMES, default=list(core.ORDERS["transformers"]),
+                       key="order_custom", help="Remove stages and add them back in the order you want; a "
+                                                "stage whose setting is on must be in the list.")
+    order = order_setting(st.session_state)
+    sb.caption(" → ".join(core.ORDERS[order] if isinstance(order, str) else order) or "no stages")
+    sb.caption(rules_text(order))
 
 
 def settings() -> Settings:
     """The sidebar's values for the current run (app.py renders the sidebar before the page)."""
-    return st.session_state["_settings"]
+    s: Settings = st.session_state["_settings"]
+    if s.error:
+        st.warning(plain_text_for_markdown(f"A sampler setting is not valid ({s.error}): this page uses only "
+                                           "temperature, top-k, top-p and min-p until it is fixed in the sidebar."),
+                   icon=":material/warning:")
+    return s
 
 
 def loading_message(s: Settings) -> str:
@@ -150,7 +264,18 @@ def load_model(s: Settings) -> tuple[core.LanguageModel | None, str | None]:
     finally:
         if shown:
             shown[0].empty()
+    if problem := bias_problem(s.sampling, lm.tokenizer.vocab_size):
+        return None, problem
     return lm, None
+
+
+def bias_problem(cfg: core.SamplingConfig, vocab: int) -> str | None:
+    """Why the logit bias cannot apply to this model (a token id past its vocabulary), or None."""
+    outside = [t for t, _ in cfg.logit_bias if t >= vocab]
+    if outside:
+        return (f"Logit bias: token id {outside[0]} is outside this model's vocabulary (ids 0 to {vocab - 1:,}). "
+                "Change it under More samplers in the sidebar.")
+    return None
 
 
 def require_model(s: Settings) -> core.LanguageModel:

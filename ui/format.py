@@ -59,10 +59,44 @@ def settings_label(cfg: core.SamplingConfig, *, temperature: bool = True, seed: 
         filters.append(f"top-p {cfg.top_p:g}")
     if cfg.min_p > 0:
         filters.append(f"min-p {cfg.min_p:g}")
+    filters += more_samplers_parts(cfg)
     parts += filters or ["no filters"]
+    if cfg.order != "transformers":
+        parts.append(order_label(cfg.order))
     if seed:
         parts.append(f"seed {cfg.seed}")
     return " · ".join(parts)
+
+
+def more_samplers_parts(cfg: core.SamplingConfig) -> list[str]:
+    """The samplers beyond the basic four that are on, each in a few words ("rep 1.2", "DRY ×0.8")."""
+    parts = []
+    if cfg.repetition_penalty != 1:
+        parts.append(f"rep {cfg.repetition_penalty:g}")
+    if cfg.presence_penalty:
+        parts.append(f"presence {cfg.presence_penalty:g}")
+    if cfg.frequency_penalty:
+        parts.append(f"frequency {cfg.frequency_penalty:g}")
+    if cfg.stage_active("penalties") and cfg.penalty_last_n > 0:
+        parts.append(f"penalties see the last {cfg.penalty_last_n}")
+    if cfg.logit_bias:
+        parts.append(f"bias on {plural(len(cfg.logit_bias), 'token')}")
+    if cfg.typical_p < 1:
+        parts.append(f"typical-p {cfg.typical_p:g}")
+    if cfg.top_n_sigma > 0:
+        parts.append(f"top-nσ {cfg.top_n_sigma:g}")
+    if cfg.xtc_probability > 0:
+        parts.append(f"XTC {cfg.xtc_threshold:g} at {cfg.xtc_probability:g}")
+    if cfg.dry_multiplier:
+        parts.append(f"DRY ×{cfg.dry_multiplier:g}")
+    return parts
+
+
+def order_label(order: str | tuple[str, ...]) -> str:
+    """ "llama.cpp order", or a custom order written out: "order: top-k → temperature"."""
+    if isinstance(order, str):
+        return f"{order} order"
+    return "order: " + " → ".join(order) if order else "order: no stages"
 
 
 # --- tokens and model text (untrusted) -------------------------------------------------------------

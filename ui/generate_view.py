@@ -278,6 +278,11 @@ def settings_changes(run: Run, model_label: str, prompt: str, mode: str, cfg: Sa
                         ("min_p", "min-p"), ("seed", "seed")):
         if getattr(cfg, field) != getattr(run.sampling, field):
             changes.append(name)
+    more = [f for f in MORE_FIELDS if getattr(cfg, f) != getattr(run.sampling, f)]
+    if [f for f in more if f != "order"]:
+        changes.append("more samplers")
+    if "order" in more:
+        changes.append("order")
     if max_new_tokens != run.max_new_tokens:
         changes.append("max new tokens")
     if stop_at_eos is not None and stop_at_eos != run.stop_at_eos:
@@ -369,6 +374,12 @@ def alternatives_tables(step: Step) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 # --- JSON file format ----------------------------------------------------------------------------
 
+# SamplingConfig fields beyond the basic four and the seed: saved under settings["more"] (optional on import,
+# so files saved before they existed replay with them off).
+MORE_FIELDS = tuple(f.name for f in dataclasses.fields(SamplingConfig)
+                    if f.name not in ("temperature", "top_k", "top_p", "min_p", "seed"))
+
+
 class RunFormatError(ValueError):
     """An imported file is not a valid Sampling Lab run; the message names the bad field."""
 
@@ -380,7 +391,8 @@ def run_to_dict(run: Run) -> dict:
         "model": run.model, "model_label": run.model_label,
         "prompt": run.prompt, "prompt_mode": run.prompt_mode,
         "settings": {"temperature": cfg.temperature, "top_k": cfg.top_k, "top_p": cfg.top_p, "min_p": cfg.min_p,
-                     "seed": cfg.seed, "max_new_tokens": run.max_new_tokens, "stop_at_eos": run.stop_at_eos},
+                     "seed": cfg.seed, "max_new_tokens": run.max_new_tokens, "stop_at_eos": run.stop_at_eos,
+                     "more": {f: getattr(cfg, f) for f in MORE_FIELDS}},
         "eos_ids": list(run.eos_ids),
         "status": run.status, "finished": run.finished, "text": run.text,
         "steps": [dataclasses.asdict(s) for s in run.steps],
@@ -514,6 +526,13 @@ def parse_run(data: bytes | str) -> Run:
                              top_p=_num(settings, "top_p", "settings", 0, 1),
                              min_p=_num(settings, "min_p", "settings", 0, 1),
                              seed=_int(settings, "seed", "settings", low=None, optional=True))
+        more = _dict(settings.get("more", {}), "settings.more")
+        unknown = sorted(set(more) - set(MORE_FIELDS))
+        if unknown:
+            raise RunFormatError(f"settings.more has an unknown field {unknown[0]!r:.40}")
+        # JSON has lists where the config has tuples; SamplingConfig validates every value and names it
+        cfg = cfg.replace(**{f: tuple(tuple(v) if isinstance(v, list) else v for v in value)
+                             if isinstance(value, list) else value for f, value in more.items()})
     except ValueError as e:
         if isinstance(e, RunFormatError):
             raise

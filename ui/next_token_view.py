@@ -6,8 +6,9 @@ from __future__ import annotations
 import codecs
 import functools
 import math
-from collections.abc import Callable, MutableMapping, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
+from dataclasses import asdict, dataclass, field
+from types import MappingProxyType
 
 import numpy as np
 import pandas as pd
@@ -38,7 +39,9 @@ class Analysis:
 
     logits: Tensor              # raw float32 logits (V,)
     cfg: core.SamplingConfig
-    stages: list[core.Stage]    # raw, temperature, top-k, top-p, min-p
+    stages: list[core.Stage]    # raw, then the chain in cfg's order (the basic four always, others when on)
+    # core.pipeline's keywords (history, prompt_length, dry_breakers, xtc_uniform); read, never changed
+    request: Mapping[str, object] = field(default_factory=dict)
 
     @functools.cached_property
     def order(self) -> Tensor:
@@ -67,14 +70,48 @@ class Analysis:
         return int(self.stages[-1].kept)
 
 
-def analyze(logits: np.ndarray | Tensor, cfg: core.SamplingConfig) -> Analysis:
-    """Run the sampling pipeline on one row of raw logits (never modified)."""
+def analyze(logits: np.ndarray | Tensor, cfg: core.SamplingConfig, **request: object) -> Analysis:
+    """Run the sampling pipeline on one row of raw logits (never modified); `request` as core.pipeline's
+    keywords (history, prompt_length, dry_breakers, xtc_uniform)."""
     # numpy input is copied: arrays from st.cache_data may be read-only, which torch warns about.
     x = torch.from_numpy(np.array(logits, dtype=np.float32)) if isinstance(logits, np.ndarray) else logits.float()
     if x.dim() != 1:
         raise ValueError(f"expected one row of logits (V,), got shape {tuple(x.shape)}")
-    stages = core.pipeline(x, cfg)
-    return Analysis(logits=x, cfg=cfg, stages=stages)
+    stages = core.pipeline(x, cfg, **request)
+    return Analysis(logits=x, cfg=cfg, stages=stages, request=MappingProxyType(dict(request)))
+
+
+def step_request(cfg: core.SamplingConfig, prompt_ids: Sequence[int], appended: Sequence[int],
+                 dry_breakers: tuple[tuple[int, ...], ...] | None = None) -> dict[str, object]:
+    """What the chain needs beyond the logits at this step: the history (prompt + appended tokens, so the
+    penalties and DRY see both), where the prompt ends, DRY's breakers and XTC's draw. XTC's draw is the
+    second number of the step's generator (seed + step; Sample draws the first), so a step is repeatable."""
+    request: dict[str, object] = {"history": tuple(prompt_ids) + tuple(appended), "prompt_length": len(prompt_ids),
+                                  "dry_breakers": dry_breakers}
+    if cfg.xtc_needs_draw:
+        seed = None if cfg.seed is None else cfg.seed + len(appended)
+        request["xtc_uniform"] = float(core.sampling.draw_uniform(core.make_generator(seed), 2)[1])
+    return request
+
+
+# How a token an adjusting stage moved is marked: "penalty↓", "bias↑".
+MOVED_MARKS = {"logit-bias": "bias", "penalties": "penalty", "dry": "DRY"}
+
+
+def moved_marks(a: Analysis, ids: Tensor) -> list[str]:
+    """For each id, the adjusting stages (bias, penalties, DRY) that moved its logit and which way, e.g.
+    "penalty↓ · bias↑"; "" for a token none of them touched."""
+    ids = torch.as_tensor(ids, dtype=torch.long)
+    marks: list[list[str]] = [[] for _ in range(len(ids))]
+    for before, stage in zip(a.stages, a.stages[1:]):
+        if stage.moved is None:
+            continue
+        moved = stage.moved[ids].tolist()
+        up = (stage.logits[ids] > before.logits[ids]).tolist()
+        for i, (m, u) in enumerate(zip(moved, up)):
+            if m:
+                marks[i].append(MOVED_MARKS[stage.name] + ("↑" if u else "↓"))
+    return [" · ".join(m) for m in marks]
 
 
 def ranks(a: Analysis, ids: Tensor) -> Tensor:
@@ -131,7 +168,8 @@ def distribution_table(a: Analysis, tokenizer: core.Tokenizer, n: int | None = N
         "logit": a.logits[ids].numpy(),
         "raw probability": a.raw_probs[ids].numpy(),
         "filtered probability": a.probs[ids].numpy(),
-        "status": [status_text(s, a.cfg) for s in stages],
+        "status": [" · ".join(filter(None, (status_text(s, a.cfg), m)))
+                   for s, m in zip(stages, moved_marks(a, ids))],
         "text": [tokenizer.token_text(int(i)) for i in ids.tolist()],
     }, columns=COLUMNS)
 
@@ -179,7 +217,7 @@ def distribution_figure(top: pd.DataFrame, rest: Rest, cfg: core.SamplingConfig,
     raw = top["raw probability"].astype(float).tolist()
     filt = top["filtered probability"].astype(float).tolist()
     status = top["status"].tolist()
-    removed = [s != "kept" for s in status]
+    removed = [not s.startswith("kept") for s in status]
     hover = [[lab, int(i), f"{lg:.3f}", fmt_prob(r), fmt_prob(f), plotly_text(s)]
              for lab, i, lg, r, f, s in zip(labels, top["id"], top["logit"], raw, filt, status)]
 
@@ -197,7 +235,8 @@ def distribution_figure(top: pd.DataFrame, rest: Rest, cfg: core.SamplingConfig,
     is_other = [bool(rest.count) and i == n - 1 for i in range(n)]
     raw_colors = [REMOVED_COLOR if r else RAW_COLOR for r in removed]
     raw_patterns = ["/" if r else ("." if o else "") for r, o in zip(removed, is_other)]
-    raw_text = [_short_status(s) if (r or o) else "" for s, r, o in zip(status, removed, is_other)]
+    # a removed token says by what; a kept one that a penalty or bias moved says that ("kept · penalty↓")
+    raw_text = [_short_status(s) if (r or o or s != "kept") else "" for s, r, o in zip(status, removed, is_other)]
     filt_text = [fmt_prob(f) if f > 0 else "" for f in filt]
     template = ("<b>%{customdata[0]}</b>  id %{customdata[1]}<br>logit %{customdata[2]}<br>"
                 "raw %{customdata[3]} → after settings %{customdata[4]}<br>%{customdata[5]}<extra></extra>")
@@ -417,10 +456,14 @@ def reset(state: MutableMapping) -> None:
 
 
 def current_analysis(state: MutableMapping, context: tuple, prompt_ids: Sequence[int],
-                     logits_of: Callable[[tuple[int, ...]], np.ndarray], cfg: core.SamplingConfig) -> Analysis:
-    """The distribution after the prompt + the tokens appended to it, for the settings given."""
+                     logits_of: Callable[[tuple[int, ...]], np.ndarray], cfg: core.SamplingConfig,
+                     dry_breakers: tuple[tuple[int, ...], ...] | None = None) -> Analysis:
+    """The distribution after the prompt + the tokens appended to it, for the settings given (the
+    penalties and DRY see both)."""
     sync_context(state, context)
-    return analyze(logits_of(tuple(prompt_ids) + tuple(appended_ids(state))), cfg)
+    appended = appended_ids(state)
+    return analyze(logits_of(tuple(prompt_ids) + tuple(appended)), cfg,
+                   **step_request(cfg, prompt_ids, appended, dry_breakers))
 
 
 def on_sample(state: MutableMapping, a: Analysis, tokenizer: core.Tokenizer) -> None:
@@ -469,3 +512,78 @@ def history_table(picks: Sequence[Pick]) -> pd.DataFrame:
         "raw p": [p.raw_prob for p in picks],
         "settings": [p.settings for p in picks],
     })
+
+
+# --- the same settings under two engines' orders ---------------------------------------------
+
+COMPARED_ORDERS = ("transformers", "llama.cpp")
+
+
+def order_comparison(a: Analysis, tokenizer: core.Tokenizer, n: int = 10) -> pd.DataFrame:
+    """The n most likely raw tokens with their probability after the same settings under transformers'
+    order (temperature before the filters) and llama.cpp's (temperature last), plus a last row counting
+    the tokens in play. Probabilities are core.probabilities' exactly."""
+    ids = a.top(n)
+    probs = order_probabilities(a)
+    table = pd.DataFrame({"token": token_labels(ids.tolist(), tokenizer.token_text),
+                          "raw": [fmt_prob(float(p)) for p in a.raw_probs[ids]]})
+    for o, p in probs.items():
+        table[o] = [fmt_prob(float(v)) for v in p[ids]]
+    in_play = {"token": "tokens in play", "raw": f"{a.vocab:,}",
+               **{o: f"{int((p > 0).sum()):,}" for o, p in probs.items()}}
+    return pd.concat([table, pd.DataFrame([in_play])], ignore_index=True)
+
+
+def order_probabilities(a: Analysis) -> dict[str, Tensor]:
+    """core.probabilities under each of COMPARED_ORDERS, everything else as in `a`."""
+    return {o: core.probabilities(a.logits, a.cfg.replace(order=o), **a.request) for o in COMPARED_ORDERS}
+
+
+def order_note(a: Analysis) -> str:
+    """Whether the two orders differ here, in words (trusted: fixed text)."""
+    first, second = order_probabilities(a).values()
+    if torch.equal(first, second):
+        return ("Both orders give the same distribution here: the order matters once a filter (top-k, top-p, "
+                "min-p, …) is on with a temperature other than 1.")
+    return ("transformers divides by the temperature before the filters, llama.cpp after them, so the filters "
+            "see a different distribution.")
+
+
+# --- temperature sweep -----------------------------------------------------------------------
+
+def sweep_temperatures(current: float, high: float = 5.0, steps: int = 26) -> tuple[float, ...]:
+    """The sweep's grid: every 0.2 from 0 to 5 plus the current temperature, so the caption reads the
+    exact value there (27 points at most, fewer than core's default 51: the sweep reruns on every settings
+    change)."""
+    return tuple(sorted({*core.sampling.temperature_grid(high, steps), float(current)}))
+
+
+def sweep_figure(sweep: core.TemperatureSweep, current: float) -> go.Figure:
+    """Three small panels over T = 0…5 with the current T marked: entropy (bits), effective number of
+    candidates (2^entropy, log scale) and the top token's probability."""
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=1, cols=3, horizontal_spacing=0.08,
+                        subplot_titles=("entropy (bits)", "effective candidates (2^entropy)",
+                                        "top token's probability"))
+    t = list(sweep.temperatures)
+    series = [(sweep.entropy, "%{y:.2f} bits"), (sweep.effective, "%{y:,.1f} tokens"), (sweep.top_prob, "%{y:.1%}")]
+    for col, (y, fmt) in enumerate(series, 1):
+        fig.add_scatter(x=t, y=list(y), mode="lines", line=dict(color=FILTERED_COLOR), showlegend=False,
+                        hovertemplate=f"T = %{{x:g}}: {fmt}<extra></extra>", row=1, col=col)
+        fig.add_vline(x=current, line=dict(color="#d62728", dash="dash"), row=1, col=col)
+        fig.update_xaxes(title_text="temperature", range=[0, max(t)], row=1, col=col)
+    fig.update_yaxes(type="log", row=1, col=2)
+    fig.update_yaxes(tickformat=".0%", range=[0, 1.05], row=1, col=3)
+    fig.add_annotation(x=current, y=1.0, yref="paper", xref="x", text=f"your T = {current:g}", showarrow=False,
+                       yshift=-8, xanchor="left", font=dict(color="#d62728"))
+    fig.update_layout(height=300, margin=dict(l=10, r=10, t=40, b=40))
+    return fig
+
+
+def sweep_caption(sweep: core.TemperatureSweep, current: float) -> str:
+    """The sweep's values at the grid point nearest the current temperature, in words (numbers only)."""
+    i = min(range(len(sweep.temperatures)), key=lambda j: abs(sweep.temperatures[j] - current))
+    return (f"At T = {sweep.temperatures[i]:g}: entropy {sweep.entropy[i]:.2f} bits, as unsure as "
+            f"{sweep.effective[i]:,.1f} equally likely tokens; the top token has {fmt_prob(sweep.top_prob[i])}. "
+            "Every other setting stays as in the sidebar, in the chosen order.")

@@ -1,4 +1,4 @@
-"""Pure helpers for the "Temperatures side by side" page: column settings, charts, streamed text, draw counts.
+"""Pure helpers for the "Compare settings" page: column settings, charts, streamed text, draw counts.
 
 No Streamlit import, so every function here is unit-testable on plain tensors and strings.
 """
@@ -15,6 +15,7 @@ from torch import Tensor
 import core
 from ui.format import (escape_html, fmt_bits, fmt_prob, plotly_text, plural, settings_label, show_token, token_labels,
                        visible_text)
+from ui.next_token_view import step_request
 
 DEFAULT_TEMPERATURES: tuple[float, ...] = (0.1, 1.0, 5.0, 2.0)   # the book's 0.1, 1, 5, then one more
 COLORS: tuple[str, ...] = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd")
@@ -23,7 +24,21 @@ RANDOM_COLUMN = "random number (same for every column)"
 # Why a column stopped early, in plain words (core's Step.finished; "length" is said once, in the status line).
 STOP_REASONS = {"eos": "stopped: the model wrote its end-of-text token"}
 CRN_SENTENCE = ("Every column uses the same random number at each step (common random numbers), "
-                "so any difference between the columns comes from the temperature, not from luck.")
+                "so any difference between the columns comes from the settings, not from luck.")
+
+TEMPERATURES = "Temperatures (sidebar settings, each column its own T)"
+# Ready-made comparisons: each column a full setting (its changes from the neutral SamplingConfig; the
+# sidebar gives only the seed). Each column can still be edited on the page.
+COMPARISONS: dict[str, tuple[dict[str, object], ...]] = {
+    "top-p 0.9 vs min-p 0.1 at temperature 3": ({"temperature": 3.0, "top_p": 0.9},
+                                                 {"temperature": 3.0, "min_p": 0.1}),
+    "greedy vs temperature 1": ({"temperature": 0.0}, {"temperature": 1.0}),
+    "with vs without repetition penalty": ({"temperature": 0.7, "repetition_penalty": 1.3}, {"temperature": 0.7}),
+    "transformers vs llama.cpp order (T = 2, top-p 0.9)": (
+        {"temperature": 2.0, "top_p": 0.9, "order": "transformers"},
+        {"temperature": 2.0, "top_p": 0.9, "order": "llama.cpp"}),
+}
+
 
 
 # --- column settings --------------------------------------------------------------------------
@@ -54,6 +69,39 @@ def column_specs(temperatures: Sequence[float], base: core.SamplingConfig) -> li
         except ValueError as e:   # core names the bad value in its message
             specs.append(ColumnSpec(i, t, name, None, f"Column {i + 1}: {e}."))
     return specs
+
+
+def comparison_configs(comparison: str, seed: int | None) -> list[core.SamplingConfig]:
+    """A ready-made comparison's columns, each a full setting with the sidebar's seed."""
+    return [core.SamplingConfig(seed=seed, **changes) for changes in COMPARISONS[comparison]]
+
+
+def setting_specs(configs: Sequence[core.SamplingConfig], edits: Sequence[dict[str, object]]) -> list[ColumnSpec]:
+    """One spec per column: its config with the user's edits (from "Edit this column"), named by its
+    settings; an edit core refuses gives the column a message naming the value instead of a config."""
+    specs = []
+    for i, (cfg, changes) in enumerate(zip(configs, edits)):
+        try:
+            specs.append(ColumnSpec(i, cfg.temperature, "", cfg.replace(**changes)))
+        except ValueError as e:
+            specs.append(ColumnSpec(i, float(changes.get("temperature", cfg.temperature)), "", None,
+                                    f"Column {i + 1}: {e}."))
+    titles = [settings_label(sp.config) if sp.config else f"column {sp.index + 1}" for sp in specs]
+    return [replace(sp, name=f"{title} (column {sp.index + 1})" if titles.count(title) > 1 else title)
+            for sp, title in zip(specs, titles)]
+
+
+def column_request(cfg: core.SamplingConfig, ids: Sequence[int], dry_breakers: tuple[tuple[int, ...], ...] | None,
+                   ) -> dict[str, object]:
+    """What a column's chart needs beyond the logits: the prompt as history (penalties, DRY) and XTC's
+    draw, the same in every column that shares the seed (next_token_view.step_request at step 0)."""
+    return step_request(cfg, ids, (), dry_breakers)
+
+
+def setting_caption(seed: int | None) -> str:
+    """What a ready-made comparison takes from the sidebar, in words."""
+    return (f"Each column is a full setting, named above its chart; from the sidebar only the prompt and the "
+            f"seed ({seed}). Open \"Edit this column\" to change one.")
 
 
 def filters_caption(cfg: core.SamplingConfig) -> str:

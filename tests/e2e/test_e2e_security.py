@@ -129,7 +129,7 @@ def test_hostile_prompt_and_model_text_run_nothing_and_fetch_nothing(page, app_u
     assert "window.__xss=2" in page.inner_text("[data-testid='stMain']")   # shown, as text
     _no_script_ran(page, dialogs)
 
-    _generate_on(page, "Temperatures side by side", "sbs")
+    _generate_on(page, "Compare settings", "sbs")
     assert page.locator("[data-testid='sbs-text']").count() == 3
     _no_script_ran(page, dialogs)
 

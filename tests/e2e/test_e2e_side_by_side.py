@@ -17,7 +17,7 @@ def _open(page: Page, app_url: str) -> None:
     page.set_viewport_size({"width": 1400, "height": 1000})
     page.goto(app_url)
     wait_idle(page)
-    page.get_by_role("link", name="Temperatures side by side").click()
+    page.get_by_role("link", name="Compare settings").click()
     wait_idle(page)
     page.wait_for_function("() => document.querySelectorAll('.js-plotly-plot').length === 4"
                            " && [...document.querySelectorAll('.js-plotly-plot')].every(el => el.data)")
