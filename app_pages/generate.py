@@ -21,9 +21,12 @@ def _stream(lm: core.LanguageModel, ids: tuple[int, ...], max_new: int, past_end
     run = gv.new_run(lm, s.model_label, s.prompt, prompt_mode(s, lm), s.sampling, max_new, asked_mode=s.mode,
                      stop_at_eos=not past_end, previous=state.get(gv.RUN_KEY))
     state[gv.RUN_KEY] = run
-    bridge.read_prompt(s.model, ids)  # a long prompt: a progress bar while it is read
+    progress, hide_bar = bridge.reading_progress()  # a long prompt: a bar while generation reads it
     last = 0.0
-    for step in core.generate(lm, ids, s.sampling, max_new, top_n=gv.TOP_N, stop_at_eos=not past_end):
+    for step in core.generate(lm, ids, s.sampling, max_new, top_n=gv.TOP_N, stop_at_eos=not past_end,
+                              progress=progress):
+        if step.index == 0:
+            hide_bar()
         run = run.add(step)
         state[gv.RUN_KEY] = run
         if time.monotonic() - last > REDRAW_S:

@@ -92,13 +92,28 @@ def read_prompt(source: str, ids: tuple[int, ...]) -> None:
     ids = ids[-lm.context_length:]
     if len(ids) <= core.backends.PREFILL_CHUNK or lm.prefixes.longest(ids) >= len(ids) - 1:
         return
-    bar = st.progress(0.0, text="Reading the prompt…")
+    progress, done = reading_progress()
+    lm.next_token_logits(list(ids), progress=progress)
+    done()
+
+
+def reading_progress() -> tuple[core.backends.ProgressCallback, Callable[[], None]]:
+    """(progress, done) for core's prompt reads: a bar appears once a read spans more than one chunk
+    (a short read shows nothing); done() removes it."""
+    bar: list = []
 
     def progress(done: int, total: int) -> None:
-        bar.progress(done / total, text=f"Reading the prompt… {done:,} of {total:,} tokens")
+        if total <= core.backends.PREFILL_CHUNK:
+            return
+        if not bar:
+            bar.append(st.progress(0.0, text="Reading the prompt…"))
+        bar[0].progress(done / total, text=f"Reading the prompt… {done:,} of {total:,} tokens")
 
-    lm.next_token_logits(list(ids), progress=progress)
-    bar.empty()
+    def done() -> None:
+        if bar:
+            bar[0].empty()
+
+    return progress, done
 
 
 def prompt_logits(source: str, ids: tuple[int, ...]) -> np.ndarray:
