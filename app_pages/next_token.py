@@ -106,9 +106,14 @@ def distribution(a: view.Analysis) -> None:
         c_n, c_log = st.columns([3, 1], vertical_alignment="bottom")
         n = c_n.slider("Tokens to show", 5, 50, 10, key="nt_top_n")
         log_scale = c_log.toggle("Log scale", key="nt_log_scale", help="Make the tiny probabilities visible.")
+        reported = lm.engine.top_n   # None: the whole vocabulary; N: an engine that reports only its top N
+        unreported = view.unreported_mass(a) if reported else None
+        if reported:
+            n = min(n, reported)
+            st.info(view.top_n_note(reported, unreported), icon=":material/info:")
         table = view.distribution_table(a, tok, n)
-        st.plotly_chart(view.distribution_figure(table, view.rest_of(a, n), a.cfg, log_scale), width="stretch",
-                        key="nt_chart")
+        st.plotly_chart(view.distribution_figure(table, view.rest_of(a, n), a.cfg, log_scale, unreported),
+                        width="stretch", key="nt_chart")
     with right:
         st.subheader("The pipeline, top to bottom")
         st.markdown(view.pipeline_markdown(view.stage_summaries(a)))
