@@ -311,6 +311,7 @@ def _load(source: str | os.PathLike | None, progress: ProgressCallback | None, n
 # ---------------------------------------------------------------- inference engines
 
 LLAMACPP_PREFIX = "llamacpp:"
+ENGINE_TIMEOUT_ENV = "SAMPLING_LAB_ENGINE_TIMEOUT"  # seconds an engine may take to answer one request (60)
 LLAMACPP_MODELS = {"smollm2": "SmolLM2-135M-Instruct on llama.cpp (Q4_1)",
                    "smollm2-f32": "SmolLM2-135M-Instruct on llama.cpp (float32 copy)"}
 TOKENIZER_PROBE = "Every effort moves you: 3.14159 naïve café, 東京!\n"
@@ -370,7 +371,7 @@ def load_url(url: str, model: str | None = None, *, tokenizer: Tokenizer | None 
 
     if status is not None:
         status(f"Asking {url} what it serves", 0.3)
-    client = EngineClient(url, model=model)
+    client = EngineClient(url, model=model, timeout=float(os.environ.get(ENGINE_TIMEOUT_ENV) or 60))
     info = client.info()
     expected = tokenizer is not None
     tok = tokenizer or _known_tokenizer(info.model, info.vocab_size)

@@ -7,6 +7,7 @@ control to use. Pure functions, no Streamlit import.
 from __future__ import annotations
 
 import core
+from ui.format import plain_text_for_markdown
 
 HUB_MODELS = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
 LOCAL_CHOICE = "Local checkpoint…"
@@ -44,3 +45,10 @@ def load_error_message(error: Exception, source: str, shown_name: str, model_lab
         if text.startswith(prefix):
             return f"Could not load {shown_name}: {text.removeprefix(prefix)}"
     return f"Could not load {shown_name}: {text}"
+
+
+def engine_failure_message(error: Exception) -> str:
+    """Markdown-safe: an inference server failed while a page used it (its message quotes the server)."""
+    return plain_text_for_markdown(
+        f"The inference server failed: {str(error).rstrip('.')}. Your prompt, settings and the tokens generated so far are "
+        "kept; rerun the page (or press Generate again) once the server answers.")
