@@ -10,6 +10,8 @@ import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
+import core
+import torch
 import ui.controls
 from core.engines import llamacpp
 from core.loading import _smollm2_path
@@ -143,3 +145,53 @@ def test_stream_cut_mid_generation_keeps_the_tokens_so_far(monkeypatch, server) 
         assert errors and "cut after" in errors[0] and "kept" in errors[0]
         assert len(app.session_state["gen_run"].steps) == 3  # the tokens so far
         print(f"\n| stream cut mid-generation | {errors[0][:220]} |")
+
+
+def vllm_like(proxy: FaultProxy, cap: int = 20) -> None:
+    """Make the llama.cpp server behind proxy answer as vLLM without --max-logprobs -1 does: owned by
+    vllm, no vocabulary size, /tokenize in vLLM's shape, and HTTP 400 above `cap` log-probabilities."""
+    answer = proxy._answer
+
+    def translate(method: str, path: str, body: bytes) -> tuple[int, bytes]:
+        if path == "/v1/models":
+            status, data = answer(method, path, body)
+            models = json.loads(data)
+            models["data"] = [{"id": "HuggingFaceTB/SmolLM2-135M-Instruct", "object": "model", "owned_by": "vllm",
+                               "max_model_len": 2048}]
+            return status, json.dumps(models).encode()
+        if path == "/tokenize":
+            asked = json.loads(body)
+            return answer(method, path, json.dumps({"content": asked["prompt"], "add_special": False}).encode())
+        if path == "/v1/completions" and json.loads(body).get("logprobs", 0) > cap:
+            message = f"Requested logprobs of {json.loads(body)['logprobs']}, which is greater than max allowed: {cap}"
+            return 400, json.dumps({"object": "error", "message": message, "code": 400}).encode()
+        return answer(method, path, body)
+
+    proxy._answer = translate
+
+
+@pytest.mark.parametrize("page", ["next_token.py", "side_by_side.py", "generate.py", "lesson.py"])
+def test_pages_on_a_top_20_engine(monkeypatch, server, page) -> None:
+    with FaultProxy(upstream=server.url) as proxy:
+        vllm_like(proxy)
+        app = open_app(monkeypatch, proxy.url, page)
+        if page == "next_token.py":
+            notes = [unescaped(i.value) for i in app.info]
+            assert any("reports only its top 20 tokens" in n for n in notes), notes
+            chart = app.get("plotly_chart")[0].proto.spec
+            assert "everything the engine did not report" in chart
+        if page == "generate.py":
+            app.number_input(key="gen_max_tokens").set_value(3).run()
+            app.button(key="gen_generate").click().run()
+            assert not app.exception and not app.error
+            assert len(app.session_state["gen_run"].steps) == 3
+
+
+def test_top_20_engine_in_core(server) -> None:
+    with FaultProxy(upstream=server.url) as proxy:
+        vllm_like(proxy)
+        lm = core.load_model(proxy.url)
+        assert lm.engine.top_n == 20 and lm.engine.client.info().engine == "vllm"
+        logits = lm.next_token_logits([8600, 3867, 7488, 346])
+        assert int(torch.isfinite(logits).sum()) == 20
+        assert 0.7 < float(logits[torch.isfinite(logits)].exp().sum()) < 0.95  # the rest: not reported
