@@ -14,7 +14,7 @@ from core.engines import EngineError
 from core.engines.llamacpp import LlamaCppServerError
 from ui import bridge
 from ui.format import plain_text_for_markdown
-from ui.model_view import HUB_MODELS, load_error_message
+from ui.model_view import HUB_MODELS, PUBLIC_BUILTIN, load_error_message, public_choices
 
 MODELS: dict[str, str] = {
     "SmolLM2-135M-Instruct (bundled)": "smollm2",
@@ -49,9 +49,16 @@ class Settings:
 
 
 def _model_choices() -> dict[str, str]:
+    """The sidebar's models: all of MODELS locally, only the listed ones on a public server."""
+    try:
+        public = public_choices(os.environ)
+    except ValueError as e:  # the operator's engine list is malformed: say so, offer the built-in models
+        st.sidebar.error(plain_text_for_markdown(str(e)))
+        public = dict(PUBLIC_BUILTIN)
+    models = MODELS if public is None else public
     if TEST_MODEL:
-        return {f"Test model ({TEST_MODEL})": TEST_MODEL, **MODELS}
-    return MODELS
+        return {f"Test model ({TEST_MODEL})": TEST_MODEL, **models}
+    return models
 
 
 def _local_checkpoint(state: Mapping) -> tuple[str | None, str, str | None]:
@@ -286,6 +293,9 @@ LOAD_ERRORS = (core.ModelUnavailableError, core.WeightsError, core.TokenizerErro
 def load_model(s: Settings, quiet: bool = False) -> tuple[core.LanguageModel | None, str | None]:
     """(model, None), or (None, what went wrong in plain words): loaded once per process by the bridge.
     quiet: no progress shown while it loads (the sidebar's connection check)."""
+    if s.model not in (None, *_model_choices().values()) and _model_choices().get(s.model_label) not in (
+            "local", "server"):
+        return None, "That model is not offered on this server."  # a public server's list is the whole list
     if s.model is None:
         if s.model_label in MODELS and MODELS[s.model_label] == "server":
             return None, "Type the inference server's address in the sidebar."
