@@ -54,8 +54,10 @@ def load_error_message(error: Exception, source: str, shown_name: str, model_lab
 
 def engine_failure_message(error: Exception) -> str:
     """Markdown-safe: an inference server failed while a page used it (its message quotes the server)."""
+    text = str(error)
+    end = "" if text.endswith((".", "?", "!")) else "."
     return plain_text_for_markdown(
-        f"The inference server failed: {str(error).rstrip('.')}. Your prompt, settings and the tokens generated so far are "
+        f"The inference server failed: {text}{end} Your prompt, settings and the tokens generated so far are "
         "kept; rerun the page (or press Generate again) once the server answers.")
 
 
