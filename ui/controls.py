@@ -345,7 +345,16 @@ def require_model(s: Settings) -> core.LanguageModel:
             # The message quotes a user-typed path or file name: Markdown must show it literally.
             st.error(plain_text_for_markdown(problem), icon="⚠️")
         st.stop()
+    top_n_caption(lm)
     return lm
+
+
+def top_n_caption(lm: core.LanguageModel) -> None:
+    """On an engine that reports only its top N tokens, say once per page what its probabilities are."""
+    if lm.engine.top_n:
+        st.caption(f"This engine reports only its top {lm.engine.top_n} tokens per position: on this page, "
+                   f"probabilities are shares of those {lm.engine.top_n} tokens (the Next-token page shows how "
+                   "much the engine left out).")
 
 
 def prompt_mode(s: Settings, lm: core.LanguageModel) -> str:

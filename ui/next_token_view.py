@@ -210,6 +210,14 @@ def unreported_mass(a: Analysis) -> float:
     return max(0.0, 1.0 - float(torch.logsumexp(a.logits.double(), 0).exp()))
 
 
+def engine_probabilities(table: pd.DataFrame, unreported: float | None) -> pd.DataFrame:
+    """A top-N engine's table with the engine's own raw probabilities: softmax over the N reported
+    tokens is each one's share of what is known, times the known mass. Unchanged for a whole vocabulary."""
+    if unreported is None:
+        return table
+    return table.assign(**{"raw probability": table["raw probability"].astype(float) * (1.0 - unreported)})
+
+
 def top_n_note(top_n: int, unreported: float) -> str:
     """The plain words a top-N engine's pages show once (numbers only: trusted text)."""
     return (f"This engine reports only its top {top_n} tokens; they hold {fmt_prob(1 - unreported)} of its "
@@ -229,11 +237,10 @@ def distribution_figure(top: pd.DataFrame, rest: Rest, cfg: core.SamplingConfig,
     probability after the settings. Removed tokens get a grey hatched raw bar labelled with the stage
     that removed them; the last bar holds every other token's mass. unreported (an engine that reports
     only its top N): the raw bars are the engine's own probabilities and one more bar holds what it
-    did not report, which no filter can see."""
+    did not report, which no filter can see (pass the table through `engine_probabilities` first)."""
     labels = [plotly_text(t) for t in top["token"]]
     raw = top["raw probability"].astype(float).tolist()
-    if unreported is not None:  # softmax over the N reported = their share; the engine's own = share x known mass
-        raw = [r * (1.0 - unreported) for r in raw]
+    if unreported is not None:  # tokens beyond the N reported hold nothing: no "all other" bar for them
         rest = Rest(0, 0, 0.0, 0.0) if rest.raw_mass == 0 and rest.filtered_mass == 0 else rest
     filt = top["filtered probability"].astype(float).tolist()
     status = top["status"].tolist()
@@ -328,14 +335,21 @@ def pipeline_markdown(summaries: Sequence[StageSummary]) -> str:
     return "\n".join(rows)
 
 
-def summary_markdown(a: Analysis) -> str:
-    """Trusted Markdown table: the raw distribution next to the one Sample draws from."""
+def summary_markdown(a: Analysis, unreported: float | None = None) -> str:
+    """Trusted Markdown table: the raw distribution next to the one Sample draws from. unreported (a
+    top-N engine): the raw column counts the reported tokens, gives the engine's own top probability,
+    and labels the entropy as that of the reported tokens only."""
     h, h_raw = entropy_bits(a.probs), entropy_bits(a.raw_probs)
+    in_play, top_raw, entropy_label = a.vocab, float(a.raw_probs.max()), "entropy"
+    if unreported is not None:
+        in_play = int(torch.isfinite(a.logits).sum())
+        top_raw *= 1.0 - unreported
+        entropy_label = f"entropy (of the {in_play} reported tokens)"
     return "\n".join([
         "| | raw model | after settings |", "|---|--:|--:|",
-        f"| tokens in play | {a.vocab:,} | **{a.kept:,}** |",
-        f"| entropy | {h_raw:.2f} bits | **{h:.2f} bits** |",
-        f"| top choice | {fmt_prob(float(a.raw_probs.max()))} | **{fmt_prob(float(a.probs.max()))}** |",
+        f"| tokens in play | {in_play:,}{' reported' if unreported is not None else ''} | **{a.kept:,}** |",
+        f"| {entropy_label} | {h_raw:.2f} bits | **{h:.2f} bits** |",
+        f"| top choice | {fmt_prob(top_raw)} | **{fmt_prob(float(a.probs.max()))}** |",
     ])
 
 
