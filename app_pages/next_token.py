@@ -75,10 +75,12 @@ c_sample.button("Sample", icon=":material/casino:", key="nt_sample", type="prima
                 on_click=_act, args=("sample",),
                 help="Draw the next token from the distribution after your settings. Seeded with the "
                      "sidebar seed + the number of tokens appended, so the same settings give the same text.")
-top = a.top(PICK_OPTIONS).tolist()
-# Labels from the raw distribution only, so they stay put while the sampling sliders move.
+top = a.top(min(PICK_OPTIONS, lm.engine.top_n or PICK_OPTIONS)).tolist()
+# Labels from the raw distribution only, so they stay put while the sampling sliders move; a top-N
+# engine's own probabilities (its reported share times the mass it reported), never rescaled to 100%.
+known = 1.0 - view.unreported_mass(a) if lm.engine.top_n else 1.0
 c_pick.selectbox(f"…or choose one of the top {len(top)} (raw probability)", top, key="nt_pick",
-                 format_func=lambda i: f"{show_token(tok.token_text(i))}   ({fmt_prob(float(a.raw_probs[i]))})")
+                 format_func=lambda i: f"{show_token(tok.token_text(i))}   ({fmt_prob(float(a.raw_probs[i]) * known)})")
 c_append.button("Append", icon=":material/add:", key="nt_append", width="stretch", on_click=_act,
                 args=("choose",))
 picks = view.steps(state)
@@ -106,15 +108,20 @@ def distribution(a: view.Analysis) -> None:
         c_n, c_log = st.columns([3, 1], vertical_alignment="bottom")
         n = c_n.slider("Tokens to show", 5, 50, 10, key="nt_top_n")
         log_scale = c_log.toggle("Log scale", key="nt_log_scale", help="Make the tiny probabilities visible.")
-        table = view.distribution_table(a, tok, n)
-        st.plotly_chart(view.distribution_figure(table, view.rest_of(a, n), a.cfg, log_scale), width="stretch",
-                        key="nt_chart")
+        reported = lm.engine.top_n   # None: the whole vocabulary; N: an engine that reports only its top N
+        unreported = view.unreported_mass(a) if reported else None
+        if reported:
+            n = min(n, reported)
+            st.info(view.top_n_note(reported, unreported), icon=":material/info:")
+        table = view.engine_probabilities(view.distribution_table(a, tok, n), unreported)
+        st.plotly_chart(view.distribution_figure(table, view.rest_of(a, n), a.cfg, log_scale, unreported),
+                        width="stretch", key="nt_chart")
     with right:
         st.subheader("The pipeline, top to bottom")
         st.markdown(view.pipeline_markdown(view.stage_summaries(a)))
         for warning in view.moot_warnings(a):
             st.warning(warning, icon=":material/info:")
-        st.markdown(view.summary_markdown(a))
+        st.markdown(view.summary_markdown(a, unreported))
         st.caption("Mass kept: the probability (after temperature) that the surviving tokens held; raw mass: the "
                    "same tokens under the model's own distribution. Sample renormalises the survivors to 100%. "
                    "Entropy: 0 bits = one possible token; n bits ≈ as unsure as 2ⁿ equally likely tokens. "

@@ -265,18 +265,24 @@ def _gpt2_from_state(sd: dict[str, Tensor], source: str, n_heads: int | None) ->
 def load_model(source: str | os.PathLike | None = None, *, progress: ProgressCallback | None = None,
                n_heads: int | None = None, cache_dir: str | os.PathLike | None = None,
                device: str | torch.device = "auto", dtype: torch.dtype = torch.float32,
-               backend: str | None = None, status: StatusCallback | None = None) -> LanguageModel:
-    """Load a model by name or path.
+               backend: str | None = None, status: StatusCallback | None = None,
+               model: str | None = None) -> LanguageModel:
+    """Load a model by name, path or server address.
 
     None / "smollm2": the bundled SmolLM2-135M-Instruct (offline). "gpt2", "gpt2-medium", "gpt2-large",
     "gpt2-xl": from the Hugging Face Hub (or its cache). "gpt2-tiny", "llama-tiny", "random:<preset>":
     random weights. A path: a Hugging Face GPT-2 folder, .safetensors, the book's .pth, or a .gguf.
+    "http://HOST:PORT/v1" (or https): an OpenAI-compatible inference server (see `load_url`; `model`
+    names the served model). "llamacpp:smollm2" ("llamacpp:smollm2-f32"): the bundled 4-bit GGUF (its
+    float32 copy) in a llama.cpp server this process starts.
     device: "auto" (the fastest available), "cpu", "cuda", "mps"; dtype: a torch float dtype;
     backend: "torch" (the plain model), "fast" (float32 on the CPU), None ($SAMPLING_LAB_BACKEND, else
     the fast one where it applies). progress(bytes done, bytes total) reports a download;
     status(what, done) what the load is doing now in plain words and the fraction of it done (0..1,
     never decreasing; the bundled model reports each of its cold start's tensors).
     """
+    if isinstance(source, str) and (is_url(source) or source.startswith(LLAMACPP_PREFIX)):
+        return _load_engine(source, model, status)
     lm = _load(source, progress, n_heads, cache_dir, status_part(status, 0.0, LOADED))
     return place(lm, device, dtype, backend, status=status_part(status, LOADED, 1.0))
 
@@ -300,3 +306,104 @@ def _load(source: str | os.PathLike | None, progress: ProgressCallback | None, n
         raise WeightsError(f"{name} does not exist")  # a mistyped path, not an unknown model name
     raise ModelUnavailableError(
         f"unknown model {name!r}: use 'smollm2', one of {', '.join(HUB_REPOS)}, 'gpt2-tiny', or a checkpoint path")
+
+
+# ---------------------------------------------------------------- inference engines
+
+LLAMACPP_PREFIX = "llamacpp:"
+ENGINE_TIMEOUT_ENV = "SAMPLING_LAB_ENGINE_TIMEOUT"  # seconds an engine may take to answer one request (60)
+LLAMACPP_MODELS = {"smollm2": "SmolLM2-135M-Instruct on llama.cpp (Q4_1)",
+                   "smollm2-f32": "SmolLM2-135M-Instruct on llama.cpp (float32 copy)"}
+TOKENIZER_PROBE = "Every effort moves you: 3.14159 naïve café, 東京!\n"
+
+
+def is_url(source: object) -> bool:
+    return isinstance(source, str) and source.strip().lower().startswith(("http://", "https://"))
+
+
+def smollm2_tokenizer() -> Tokenizer:
+    """The bundled model's tokenizer alone (its vocabulary from the float32 cache, weights not read)."""
+    _, _, vocab, _ = read_gguf_cached(_smollm2_path())
+    return tokenizer_from_vocab(vocab["name"], vocab["tokens"], vocab["token_types"],
+                                chat_template=vocab.get("chat_template"))
+
+
+def _load_engine(source: str, model: str | None, status: StatusCallback | None) -> LanguageModel:
+    if is_url(source):
+        return load_url(source, model, status=status)
+    from .engines import llamacpp
+
+    which = source.removeprefix(LLAMACPP_PREFIX)
+    if which not in LLAMACPP_MODELS:
+        raise ModelUnavailableError(f"unknown llama.cpp model {which!r}: use one of {', '.join(LLAMACPP_MODELS)}")
+    if status is not None:
+        status("Starting llama.cpp's server on the bundled GGUF file", 0.1)
+    path = _smollm2_path() if which == "smollm2" else llamacpp.f32_gguf(_smollm2_path())
+    server = llamacpp.serve(path)
+    return load_url(server.url, tokenizer=smollm2_tokenizer(), name=LLAMACPP_MODELS[which], status=status,
+                    context_length=server.ctx_per_slot)
+
+
+def _known_tokenizer(served: str, vocab_size: int | None) -> Tokenizer | None:
+    """A local tokenizer for a served model, by its name or vocabulary size (verified by the caller)."""
+    name = served.lower()
+    if "smollm2" in name or vocab_size == 49152:
+        return smollm2_tokenizer()
+    if "gpt2" in name or "gpt-2" in name or vocab_size == 50257:
+        return gpt2_tokenizer()
+    return None
+
+
+def load_url(url: str, model: str | None = None, *, tokenizer: Tokenizer | None = None, name: str | None = None,
+             top_n: int | None = None, context_length: int | None = None,
+             status: StatusCallback | None = None) -> LanguageModel:
+    """A model served by an OpenAI-compatible inference server, as a LanguageModel on the remote backend.
+
+    Tokenizer: `tokenizer` if given (the server's /tokenize must agree with it, else
+    TokenizerMismatchError); else a local one known for the served model that agrees with the server's
+    /tokenize; else the server's own (llama.cpp). top_n None: the whole vocabulary where the engine
+    allows it; an engine that caps log-probabilities (vLLM without --max-logprobs -1) is asked for its cap.
+    Faults are `core.engines.EngineError`s with plain messages.
+    """
+    from .backends.remote import NoPrefixes, RemoteBackend
+    from .engines import EngineClient, EngineError, EngineHTTPError, EngineLogprobsLimitError, TokenizerMismatchError
+    from .engines.server_tokenizer import ServerTokenizer
+
+    if status is not None:
+        status(f"Asking {url} what it serves", 0.3)
+    client = EngineClient(url, model=model, timeout=float(os.environ.get(ENGINE_TIMEOUT_ENV) or 60))
+    info = client.info()
+    expected = tokenizer is not None
+    tok = tokenizer or _known_tokenizer(info.model, info.vocab_size)
+    if tok is not None:
+        client.check_vocab(tok.vocab_size)
+        try:
+            theirs = client.tokenize(TOKENIZER_PROBE)
+        except EngineHTTPError as e:
+            if e.status != 404:
+                raise
+            theirs = None  # no /tokenize here: the local tokenizer stands
+        if theirs is not None and theirs != tok.encode(TOKENIZER_PROBE):
+            if expected or info.engine != "llama.cpp":
+                raise TokenizerMismatchError(
+                    f"the server's tokenizer splits text differently from {tok.name}'s (a probe sentence gave "
+                    f"{len(theirs)} tokens, not {len(tok.encode(TOKENIZER_PROBE))}): it serves a different model "
+                    f"({info.model!r})")
+            tok = None
+    if tok is None:
+        if info.engine != "llama.cpp" or info.vocab_size is None:
+            raise EngineError(f"no tokenizer is known for {info.model!r}: Sampling Lab reads token texts from "
+                              "llama.cpp's server, or knows SmolLM2's and GPT-2's")
+        tok = ServerTokenizer(client, info.vocab_size, info.model)
+    vocab = info.vocab_size or tok.vocab_size
+    if top_n is None and info.engine != "llama.cpp":
+        try:
+            client.next_token(tok.encode("Hello") or [0], None, vocab_size=vocab)
+        except EngineLogprobsLimitError as e:
+            top_n = e.max_allowed or 20
+    ctx = context_length or info.context_length or 2048
+    shown = name or Path(info.model).name or info.model
+    if status is not None:
+        status("Connected", 1.0)
+    return LanguageModel(shown, None, tok, client.base_url, engine=RemoteBackend(client, vocab, ctx, top_n),  # type: ignore[arg-type]
+                         prefixes=NoPrefixes())

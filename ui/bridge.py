@@ -23,6 +23,7 @@ import core
 UPLOAD_DIR = Path(tempfile.gettempdir()) / "sampling-lab-uploads"
 
 
+SERVED_SEP = "|"  # "URL|served model name": a '|' cannot be part of a URL the client accepts
 PRELOAD_ENV = "SAMPLING_LAB_PRELOAD"  # "0": no model loads before a page asks for one (the tests set it)
 POLL_S = 0.1
 
@@ -45,8 +46,10 @@ class Loading:
             self.status(f"Downloading weights… {done / 1e6:.0f} / {total / 1e6:.0f} MB", 0.8 * done / total)
 
     def run(self) -> None:
+        source, _, served = self.source.partition(SERVED_SEP)
         try:
-            self.future.set_result(core.load_model(self.source, progress=self.downloaded, status=self.status))
+            self.future.set_result(core.load_model(source, progress=self.downloaded, status=self.status,
+                                                   model=served or None))
         except BaseException as e:  # the waiting script re-raises it (LOAD_ERRORS become a message)
             self.future.set_exception(e)
 
@@ -71,6 +74,16 @@ def get_model(source: str, waiting: Callable[[Loading], None] | None = None) -> 
     except Exception:
         loading.clear(source)  # as before the thread: a missing file can be supplied and the page rerun
         raise
+
+
+def server_source(url: str, served: str = "") -> str:
+    """The model source for an inference server's URL and an optional served model name."""
+    return f"{url}{SERVED_SEP}{served}" if served else url
+
+
+def forget_model(source: str) -> None:
+    """Drop source's cached load (a remote model holds only a connection): the next get_model asks again."""
+    loading.clear(source)
 
 
 def preload(source: str = core.DEFAULT_MODEL) -> None:

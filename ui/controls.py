@@ -10,9 +10,11 @@ import streamlit as st
 from streamlit.delta_generator import DeltaGenerator
 
 import core
+from core.engines import EngineError
+from core.engines.llamacpp import LlamaCppServerError
 from ui import bridge
 from ui.format import plain_text_for_markdown
-from ui.model_view import HUB_MODELS, load_error_message
+from ui.model_view import HUB_MODELS, PUBLIC_BUILTIN, load_error_message, public_choices
 
 MODELS: dict[str, str] = {
     "SmolLM2-135M-Instruct (bundled)": "smollm2",
@@ -20,8 +22,13 @@ MODELS: dict[str, str] = {
     "GPT-2 355M (medium)": "gpt2-medium",
     "GPT-2 774M (large)": "gpt2-large",
     "GPT-2 1558M (XL)": "gpt2-xl",
+    "SmolLM2 on llama.cpp (4-bit, fast)": "llamacpp:smollm2",
+    "Inference server (OpenAI-compatible)…": "server",
     "Local checkpoint…": "local",
 }
+SERVER_HELP = ("The address of an OpenAI-compatible server with log-probabilities: llama.cpp's server, or "
+               "vLLM started with --max-logprobs -1 (else it reports only its top 20). An API key is read "
+               "from SAMPLING_LAB_API_KEY or OPENAI_API_KEY on the machine that runs this app.")
 # Tests and demos can inject a model (e.g. "gpt2-tiny") without touching the UI code.
 TEST_MODEL = os.environ.get("SAMPLING_LAB_TEST_MODEL")
 DEFAULT_PROMPT = "Every effort moves you"
@@ -42,9 +49,16 @@ class Settings:
 
 
 def _model_choices() -> dict[str, str]:
+    """The sidebar's models: all of MODELS locally, only the listed ones on a public server."""
+    try:
+        public = public_choices(os.environ)
+    except ValueError as e:  # the operator's engine list is malformed: say so, offer the built-in models
+        st.sidebar.error(plain_text_for_markdown(str(e)))
+        public = dict(PUBLIC_BUILTIN)
+    models = MODELS if public is None else public
     if TEST_MODEL:
-        return {f"Test model ({TEST_MODEL})": TEST_MODEL, **MODELS}
-    return MODELS
+        return {f"Test model ({TEST_MODEL})": TEST_MODEL, **models}
+    return models
 
 
 def _local_checkpoint(state: Mapping) -> tuple[str | None, str, str | None]:
@@ -72,6 +86,11 @@ def current_settings(state: Mapping | None = None) -> Settings:
     name = label
     if source == "local":
         source, name, _ = _local_checkpoint(state)
+    elif source == "server":
+        url = (state.get("server_url") or "").strip()
+        served = (state.get("server_model") or "").strip()
+        source = bridge.server_source(url, served) if url else None
+        name = f"{served or 'the model'} at {url}"
     basic = core.SamplingConfig(temperature=float(state.get("temperature", 1.0)),
                                 top_k=int(state.get("top_k", 0)) or None, top_p=float(state.get("top_p", 1.0)),
                                 min_p=float(state.get("min_p", 0.0)), seed=int(state.get("seed", DEFAULT_SEED)))
@@ -143,6 +162,8 @@ def render_sidebar() -> Settings:
         _, _, upload_error = _local_checkpoint(st.session_state)
         if upload_error:
             sb.error(plain_text_for_markdown(upload_error))   # names the user's file: shown literally
+    elif _model_choices()[label] == "server":
+        _server_fields(sb)
     sb.radio("Prompt mode", ["raw", "chat"], key="prompt_mode", horizontal=True,
              format_func={"raw": "Raw text", "chat": "Chat (instruct template)"}.get,
              help="Chat wraps your text in the model's chat template (SmolLM2 only).")
@@ -166,6 +187,31 @@ def render_sidebar() -> Settings:
         sb.error(plain_text_for_markdown(f"{s.error}. Until it is fixed, only temperature, top-k, top-p and "
                                          "min-p apply."), icon=":material/error:")
     return s
+
+
+def _server_fields(sb: DeltaGenerator) -> None:
+    """URL, served model name, and a connection check that says what the engine serves and reports."""
+    sb.text_input("Server URL", key="server_url", placeholder="http://127.0.0.1:8000/v1", help=SERVER_HELP)
+    sb.text_input("Served model name (optional)", key="server_model",
+                  help="The first model the server lists is used when empty.")
+    s = current_settings()
+    if s.model is None:
+        sb.caption("Type the server's address, e.g. http://127.0.0.1:8080/v1 for llama.cpp's server.")
+        return
+    if sb.button("Check connection", key="server_check", icon=":material/lan:"):
+        bridge.forget_model(s.model)  # a fresh check: the server may have restarted since the last one
+    lm, problem = load_model(s, quiet=True)
+    if lm is None:
+        sb.error(plain_text_for_markdown(problem or ""), icon=":material/link_off:")
+    else:
+        sb.success(plain_text_for_markdown(engine_summary(lm)), icon=":material/link:")
+
+
+def engine_summary(lm: core.LanguageModel) -> str:
+    """What a connected engine serves and reports, in words (model text: escape before Markdown)."""
+    reports = (f"the whole vocabulary ({lm.vocab_size:,} tokens)" if lm.engine.top_n is None
+               else f"only its top {lm.engine.top_n} tokens per position")
+    return f"Connected: {lm.name} ({lm.engine.client.info().engine}); it reports {reports}."
 
 
 def _more_samplers(sb: DeltaGenerator) -> None:
@@ -230,6 +276,8 @@ def settings() -> Settings:
 
 def loading_message(s: Settings) -> str:
     """What the app is doing while a model loads (only the first session of a process waits for it)."""
+    if s.model == "llamacpp:smollm2":
+        return f"Starting llama.cpp's server on the bundled 4-bit file for {s.model_label} (once per process)."
     if s.model == "smollm2":
         return (f"Loading {s.model_label}. The first start after installing converts its 4-bit weights to "
                 "float32 and caches them, which takes a while, once per machine; later starts read that cache.")
@@ -238,17 +286,26 @@ def loading_message(s: Settings) -> str:
     return f"Loading {s.model_name or s.model_label}…"
 
 
-LOAD_ERRORS = (core.ModelUnavailableError, core.WeightsError, core.TokenizerError, FileNotFoundError, ValueError)
+LOAD_ERRORS = (core.ModelUnavailableError, core.WeightsError, core.TokenizerError, FileNotFoundError, ValueError,
+               EngineError, LlamaCppServerError)
 
 
-def load_model(s: Settings) -> tuple[core.LanguageModel | None, str | None]:
-    """(model, None), or (None, what went wrong in plain words): loaded once per process by the bridge."""
+def load_model(s: Settings, quiet: bool = False) -> tuple[core.LanguageModel | None, str | None]:
+    """(model, None), or (None, what went wrong in plain words): loaded once per process by the bridge.
+    quiet: no progress shown while it loads (the sidebar's connection check)."""
+    if s.model not in (None, *_model_choices().values()) and _model_choices().get(s.model_label) not in (
+            "local", "server"):
+        return None, "That model is not offered on this server."  # a public server's list is the whole list
     if s.model is None:
+        if s.model_label in MODELS and MODELS[s.model_label] == "server":
+            return None, "Type the inference server's address in the sidebar."
         return None, "Choose a checkpoint in the sidebar: a path or an upload."
     shown: list = []  # [slot, bar], made on the first wait only: a loaded model shows nothing
     start = time.monotonic()
 
     def waiting(job: bridge.Loading) -> None:
+        if quiet:
+            return
         if not shown:
             slot = st.empty()
             with slot.container():
@@ -288,7 +345,16 @@ def require_model(s: Settings) -> core.LanguageModel:
             # The message quotes a user-typed path or file name: Markdown must show it literally.
             st.error(plain_text_for_markdown(problem), icon="⚠️")
         st.stop()
+    top_n_caption(lm)
     return lm
+
+
+def top_n_caption(lm: core.LanguageModel) -> None:
+    """On an engine that reports only its top N tokens, say once per page what its probabilities are."""
+    if lm.engine.top_n:
+        st.caption(f"This engine reports only its top {lm.engine.top_n} tokens per position: on this page, "
+                   f"probabilities are shares of those {lm.engine.top_n} tokens (the Next-token page shows how "
+                   "much the engine left out).")
 
 
 def prompt_mode(s: Settings, lm: core.LanguageModel) -> str:

@@ -6,9 +6,15 @@ control to use. Pure functions, no Streamlit import.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import core
+from ui.format import plain_text_for_markdown
 
 HUB_MODELS = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
+PUBLIC_ENV = "SAMPLING_LAB_PUBLIC"     # "1": a shared server (see public_choices)
+ENGINES_ENV = "SAMPLING_LAB_ENGINES"   # "Name=http://host:port/v1, Other=https://..." : engines visitors may use
+PUBLIC_BUILTIN = {"SmolLM2-135M-Instruct (bundled)": "smollm2", "SmolLM2 on llama.cpp (4-bit, fast)": "llamacpp:smollm2"}
 LOCAL_CHOICE = "Local checkpoint…"
 
 # (what core says, what the user reads after "Could not load NAME: "); "it" is the user's file.
@@ -44,3 +50,37 @@ def load_error_message(error: Exception, source: str, shown_name: str, model_lab
         if text.startswith(prefix):
             return f"Could not load {shown_name}: {text.removeprefix(prefix)}"
     return f"Could not load {shown_name}: {text}"
+
+
+def engine_failure_message(error: Exception) -> str:
+    """Markdown-safe: an inference server failed while a page used it (its message quotes the server)."""
+    text = str(error)
+    end = "" if text.endswith((".", "?", "!")) else "."
+    return plain_text_for_markdown(
+        f"The inference server failed: {text}{end} Your prompt, settings and the tokens generated so far are "
+        "kept; rerun the page (or press Generate again) once the server answers.")
+
+
+def is_public(environ: Mapping[str, str]) -> bool:
+    return environ.get(PUBLIC_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
+def configured_engines(environ: Mapping[str, str]) -> dict[str, str]:
+    """SAMPLING_LAB_ENGINES as {sidebar label: URL}; ValueError naming an entry that is not Name=URL."""
+    out = {}
+    for entry in filter(None, (e.strip() for e in environ.get(ENGINES_ENV, "").split(","))):
+        name, sep, url = entry.partition("=")
+        if not sep or not name.strip() or not core.loading.is_url(url.strip()):
+            raise ValueError(f"{ENGINES_ENV}: {entry!r} is not Name=http(s)://host:port/v1")
+        out[f"{name.strip()} (inference server)"] = url.strip()
+    return out
+
+
+def public_choices(environ: Mapping[str, str]) -> dict[str, str] | None:
+    """The only models a visitor may choose on a shared server ($SAMPLING_LAB_PUBLIC=1): the bundled one,
+    its llama.cpp engine and the configured engines. No checkpoint paths or uploads (a visitor could probe
+    the server's files or fill its disk), no Hub downloads (GPT-2 XL holds ~6 GB of RAM), and so a
+    bounded set of models in memory. None: local use, every choice open."""
+    if not is_public(environ):
+        return None
+    return {**PUBLIC_BUILTIN, **configured_engines(environ)}

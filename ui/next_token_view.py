@@ -204,17 +204,44 @@ def rest_of(a: Analysis, n: int) -> Rest:
                 filtered_mass=max(0.0, filtered_mass) if kept else 0.0)
 
 
+def unreported_mass(a: Analysis) -> float:
+    """What an engine that reports only its top N did not report: 1 - the sum of the reported
+    probabilities (its logits are raw log-probabilities, -inf elsewhere)."""
+    return max(0.0, 1.0 - float(torch.logsumexp(a.logits.double(), 0).exp()))
+
+
+def engine_probabilities(table: pd.DataFrame, unreported: float | None) -> pd.DataFrame:
+    """A top-N engine's table with the engine's own raw probabilities: softmax over the N reported
+    tokens is each one's share of what is known, times the known mass. Unchanged for a whole vocabulary."""
+    if unreported is None:
+        return table
+    return table.assign(**{"raw probability": table["raw probability"].astype(float) * (1.0 - unreported)})
+
+
+def top_n_note(top_n: int, unreported: float) -> str:
+    """The plain words a top-N engine's pages show once (numbers only: trusted text)."""
+    return (f"This engine reports only its top {top_n} tokens; they hold {fmt_prob(1 - unreported)} of its "
+            f"probability, and {fmt_prob(unreported)} went to tokens it did not report (one bar below). "
+            f"Filters, entropy and Sample work on the {top_n} reported tokens only: their probabilities after "
+            "your settings are shares of what is known, and the raw bars are the engine's own numbers, "
+            "not rescaled.")
+
+
 def _short_status(status: str) -> str:
     return status.replace("removed by greedy (T = 0)", "removed: greedy (T = 0)")
 
 
 def distribution_figure(top: pd.DataFrame, rest: Rest, cfg: core.SamplingConfig,
-                        log_scale: bool = False) -> go.Figure:
+                        log_scale: bool = False, unreported: float | None = None) -> go.Figure:
     """Horizontal grouped bars, most likely token on top: the model's raw probability next to the
     probability after the settings. Removed tokens get a grey hatched raw bar labelled with the stage
-    that removed them; the last bar holds every other token's mass."""
+    that removed them; the last bar holds every other token's mass. unreported (an engine that reports
+    only its top N): the raw bars are the engine's own probabilities and one more bar holds what it
+    did not report, which no filter can see (pass the table through `engine_probabilities` first)."""
     labels = [plotly_text(t) for t in top["token"]]
     raw = top["raw probability"].astype(float).tolist()
+    if unreported is not None:  # tokens beyond the N reported hold nothing: no "all other" bar for them
+        rest = Rest(0, 0, 0.0, 0.0) if rest.raw_mass == 0 and rest.filtered_mass == 0 else rest
     filt = top["filtered probability"].astype(float).tolist()
     status = top["status"].tolist()
     removed = [not s.startswith("kept") for s in status]
@@ -230,9 +257,18 @@ def distribution_figure(top: pd.DataFrame, rest: Rest, cfg: core.SamplingConfig,
         status.append("all kept" if rest.kept == rest.count else "none kept" if rest.kept == 0
                       else f"{rest.kept:,} kept")
         hover.append([other, "—", "—", fmt_prob(rest.raw_mass), fmt_prob(rest.filtered_mass), status[-1]])
+    if unreported is not None:
+        other = "everything the engine did not report"
+        labels.append(other)
+        raw.append(unreported)
+        filt.append(0.0)
+        removed.append(False)
+        status.append("not reported: unknown")
+        hover.append([other, "—", "—", fmt_prob(unreported), "unknown", "the engine reported only its top tokens"])
 
     n = len(labels)
-    is_other = [bool(rest.count) and i == n - 1 for i in range(n)]
+    n_other = bool(rest.count) + (unreported is not None)
+    is_other = [i >= n - n_other for i in range(n)]
     raw_colors = [REMOVED_COLOR if r else RAW_COLOR for r in removed]
     raw_patterns = ["/" if r else ("." if o else "") for r, o in zip(removed, is_other)]
     # a removed token says by what; a kept one that a penalty or bias moved says that ("kept · penalty↓")
@@ -299,14 +335,21 @@ def pipeline_markdown(summaries: Sequence[StageSummary]) -> str:
     return "\n".join(rows)
 
 
-def summary_markdown(a: Analysis) -> str:
-    """Trusted Markdown table: the raw distribution next to the one Sample draws from."""
+def summary_markdown(a: Analysis, unreported: float | None = None) -> str:
+    """Trusted Markdown table: the raw distribution next to the one Sample draws from. unreported (a
+    top-N engine): the raw column counts the reported tokens, gives the engine's own top probability,
+    and labels the entropy as that of the reported tokens only."""
     h, h_raw = entropy_bits(a.probs), entropy_bits(a.raw_probs)
+    in_play, top_raw, entropy_label = a.vocab, float(a.raw_probs.max()), "entropy"
+    if unreported is not None:
+        in_play = int(torch.isfinite(a.logits).sum())
+        top_raw *= 1.0 - unreported
+        entropy_label = f"entropy (of the {in_play} reported tokens)"
     return "\n".join([
         "| | raw model | after settings |", "|---|--:|--:|",
-        f"| tokens in play | {a.vocab:,} | **{a.kept:,}** |",
-        f"| entropy | {h_raw:.2f} bits | **{h:.2f} bits** |",
-        f"| top choice | {fmt_prob(float(a.raw_probs.max()))} | **{fmt_prob(float(a.probs.max()))}** |",
+        f"| tokens in play | {in_play:,}{' reported' if unreported is not None else ''} | **{a.kept:,}** |",
+        f"| {entropy_label} | {h_raw:.2f} bits | **{h:.2f} bits** |",
+        f"| top choice | {fmt_prob(top_raw)} | **{fmt_prob(float(a.probs.max()))}** |",
     ])
 
 

@@ -423,12 +423,15 @@ class EngineClient:
         return text
 
     def next_token(self, ids: Sequence[int], top_n: int | None = None, *,
-                   vocab_size: int | None = None, endpoint: str = "auto") -> NextTokenReport:
+                   vocab_size: int | None = None, endpoint: str = "auto",
+                   cache_prompt: bool = True) -> NextTokenReport:
         """The engine's raw next-token log-probabilities after `ids`: its top `top_n` (None: the whole
         vocabulary, which needs the vocabulary size from the server or `vocab_size`).
 
         endpoint: "completion" (llama.cpp's /completion with n_probs), "v1" (/v1/completions with
         logprobs), or "auto" (the first for llama.cpp servers, the second otherwise).
+        cache_prompt (llama.cpp's /completion): reuse the slot's cached prefix and read only new tokens
+        (fast; the numbers then differ from a cold read by ~1e-3); False reads the whole sequence.
         """
         ids = [int(i) for i in ids]
         if not ids:
@@ -447,7 +450,8 @@ class EngineClient:
         # temperature 1 and no truncation: the engine's own sampler must not touch what it reports
         neutral = {"temperature": 1.0, "top_p": 1.0, "min_p": 0.0}
         if endpoint == "completion":
-            body = {"prompt": ids, "n_predict": 1, "n_probs": n, "top_k": 0, "cache_prompt": True, **neutral}
+            body = {"prompt": ids, "n_predict": 1, "n_probs": n, "top_k": 0, "cache_prompt": cache_prompt,
+                    **neutral}
             entries = parse_llamacpp_completion(self._request("POST", "/completion", body))
         elif endpoint == "v1":
             body = {"model": info.model, "prompt": ids, "max_tokens": 1, "logprobs": n, "echo": False,

@@ -91,6 +91,7 @@ class LlamaCppServer:
     path: Path
     port: int
     slots: int
+    ctx_per_slot: int = 4096  # the context each request may use (llama.cpp splits n_ctx between slots)
     _server: object | None = field(default=None, repr=False)
 
     @property
@@ -132,7 +133,7 @@ def start_server(path: str | os.PathLike, *, slots: int = 2, ctx_per_slot: int =
     for _ in range(3):  # a free port may be taken between our probe and the server's bind
         p.port = port or free_loopback_port()
         try:
-            return LlamaCppServer(path, p.port, slots, xlc.Server(p))
+            return LlamaCppServer(path, p.port, slots, ctx_per_slot, xlc.Server(p))
         except Exception as e:  # xllamacpp raises RuntimeError/ValueError with llama.cpp's reason
             last = e
             if port:
