@@ -193,21 +193,17 @@ class LocalThreads:
         except (StopIteration, OSError, AttributeError):
             self.available = False
 
-    def __call__(self, n: int):
-        from contextlib import contextmanager
-
-        @contextmanager
-        def scope() -> Iterator[None]:
-            torch.get_num_threads()  # torch sets a thread's count on first use: let it, then change it
-            before = self._omp.omp_get_max_threads()
-            mkl_before = self._mkl(n)
-            self._omp.omp_set_num_threads(n)
-            try:
-                yield
-            finally:
-                self._omp.omp_set_num_threads(before)
-                self._mkl(mkl_before)
-        return scope()
+    @contextlib.contextmanager
+    def __call__(self, n: int) -> Iterator[None]:
+        torch.get_num_threads()  # torch sets a thread's count on first use: let it, then change it
+        before = self._omp.omp_get_max_threads()
+        mkl_before = self._mkl(n)  # the previous local count (0: none, MKL's global one applies)
+        self._omp.omp_set_num_threads(n)
+        try:
+            yield
+        finally:
+            self._omp.omp_set_num_threads(before)
+            self._mkl(mkl_before)
 
 
 LOCAL_THREADS = LocalThreads()
