@@ -6,6 +6,7 @@ and reported as the median over repeats with [min–max]. Prints one table and w
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import gc
 import json
@@ -171,6 +172,42 @@ def weight_bytes_per_token(model: torch.nn.Module) -> int:
         else:
             total += p.numel() * p.element_size()
     return total
+
+
+# ---------------------------------------------------------------- torch's intra-op threads, in one thread only
+
+class LocalThreads:
+    """Torch's intra-op thread count for the calling thread alone, restored after: an experiment for
+    the plain backend and prompt reading, not what the app runs. torch.set_num_threads is process-wide
+    (it also sets the count every thread starts with); the counts underneath are per thread: OpenMP's
+    (omp_set_num_threads sets the calling thread's) and MKL's (MKL_Set_Num_Threads_Local). `available`
+    is False where torch does not ship both (other builds): the rows say n/a."""
+
+    def __init__(self) -> None:
+        import ctypes
+        lib = Path(torch.__file__).parent / "lib"
+        try:
+            self._omp = ctypes.CDLL(str(next(lib.glob("libgomp*.so*"))))
+            self._mkl = ctypes.CDLL(str(lib / "libtorch_cpu.so")).MKL_Set_Num_Threads_Local
+            self.available = "ATen parallel backend: OpenMP" in torch.__config__.parallel_info()
+        except (StopIteration, OSError, AttributeError):
+            self.available = False
+
+    @contextlib.contextmanager
+    def __call__(self, n: int) -> Iterator[None]:
+        torch.get_num_threads()  # torch sets a thread's count on first use: let it, then change it
+        before = self._omp.omp_get_max_threads()
+        mkl_before = self._mkl(n)  # the previous local count (0: none, MKL's global one applies)
+        self._omp.omp_set_num_threads(n)
+        try:
+            yield
+        finally:
+            self._omp.omp_set_num_threads(before)
+            self._mkl(mkl_before)
+
+
+LOCAL_THREADS = LocalThreads()
+LOCAL_TWO = "plain backend, 2 intra-op threads in its own thread only (experiment)"
 
 
 # ---------------------------------------------------------------- the three ways to generate
@@ -412,6 +449,8 @@ def bench_generation(table: Table, label: str, lm: core.LanguageModel, hf_model,
             ("plain backend (SAMPLING_LAB_BACKEND=torch)", lambda: run_ours(plain(lm), ids)),
             ("fast backend without packed copies (shared weights)", lambda: run_ours(lm_shared, ids)),
         ]
+        if LOCAL_THREADS.available:
+            methods.append((LOCAL_TWO, lambda: local_two(lambda: run_ours(plain(lm), ids))))
         if lm_bf16 is not None:
             methods.append(("ours bf16 (approximate)", lambda: run_ours(lm_bf16, ids)))
         if llama is not None:
@@ -429,6 +468,11 @@ def bench_generation(table: Table, label: str, lm: core.LanguageModel, hf_model,
                 table.add(sec, f"{name}: decode", "tok/s", tps, note)
                 table.add(sec, f"{name}: time to first token", "ms", ttft * 1e3)
             log(f"{label} prompt {plen} repeat {r + 1}/{repeats} done")
+
+
+def local_two(fn: Callable[[], tuple[float, float]]) -> tuple[float, float]:
+    with LOCAL_THREADS(2):
+        return fn()
 
 
 def bare_decode_ms(lm: core.LanguageModel, ctx: int, steps: int = 30, two: bool = False) -> list[float]:
@@ -508,11 +552,22 @@ def bench_prompt_reading(table: Table, lm: core.LanguageModel, llama: LlamaCpp |
         m.next_token_logits(ids)
         return time.perf_counter() - t0
 
+    if LOCAL_THREADS.available:  # the same bits? (a prefix store resumes only from a fresh read's bits)
+        for n in READ_LENGTHS:
+            lm_plain.prefixes.clear()
+            one = lm_plain.next_token_logits(longest[:n])
+            lm_plain.prefixes.clear()
+            with LOCAL_THREADS(2):
+                two = lm_plain.next_token_logits(longest[:n])
+            table.add(sec, f"max |Δ logit|, {LOCAL_TWO} against one thread, {n} tokens", "", float((one - two).abs().max()))
     for _ in range(repeats):
         for n in READ_LENGTHS:
             ids = longest[:n]
             table.add(sec, f"ours (fast backend), {n} tokens", "s", read(lm, ids))
             table.add(sec, f"plain backend, {n} tokens", "s", read(lm_plain, ids))
+            if LOCAL_THREADS.available:
+                with LOCAL_THREADS(2):
+                    table.add(sec, f"{LOCAL_TWO}, {n} tokens", "s", read(lm_plain, ids))
             if llama is not None:
                 table.add(sec, f"llama.cpp F32, 2 threads, {n} tokens", "s", llama.read(ids))
         prompt, appended = longest[:APPEND_AT], longest
@@ -543,7 +598,11 @@ if {backend!r} == "fast unpacked":
     lm = core.LanguageModel(lm.name, lm.model, lm.tokenizer, engine=FastCPUBackend(lm.model, pack=False))
 dt = time.perf_counter() - t
 lm.next_token_logits([1, 2, 3])
-print(json.dumps({{"load_s": dt, "rss_mb": psutil.Process().memory_info().rss / 2**20}}))
+rss = psutil.Process().memory_info().rss / 2**20
+# one generated token: the first decode step is where the fast backend makes its packed copies
+for _ in core.generate(lm, [1, 2, 3], core.SamplingConfig(temperature=0), 2, stop_at_eos=False):
+    pass
+print(json.dumps({{"load_s": dt, "rss_mb": rss, "rss_step_mb": psutil.Process().memory_info().rss / 2**20}}))
 """
 
 
@@ -562,6 +621,8 @@ def bench_load(table: Table, repeats: int) -> None:
                     table.add(sec, f"{kind}", "s", r["load_s"])
                 table.add(sec, f"resident memory after load + one forward, {kind.split()[0]}, {backend} backend",
                           "MiB", r["rss_mb"])
+                table.add(sec, f"resident memory after load + one forward + a decode step, {kind.split()[0]}, "
+                          f"{backend} backend", "MiB", r["rss_step_mb"])
 
 
 # ---------------------------------------------------------------- slider move
@@ -600,16 +661,19 @@ def bench_side_by_side(table: Table, lm: core.LanguageModel, label: str, repeats
     cfgs = [core.SamplingConfig(temperature=t, seed=123) for t in (0.5, 1.0, 1.5)]
     ids = lm.tokenizer.encode("Every effort moves you")
     for _ in range(repeats):
-        for name, m, mode in (("ours (core.generate_many)", lm, "auto"),
-                              ("ours one core (SAMPLING_LAB_TWO_CORES=off)", lm, "off"),
-                              ("plain backend's batched forward", plain(lm), "off")):
+        for name, m, mode, n in (("ours (core.generate_many)", lm, "auto", 3),
+                                 ("ours one core (SAMPLING_LAB_TWO_CORES=off)", lm, "off", 3),
+                                 ("plain backend's batched forward", plain(lm), "off", 3),
+                                 ("ours (core.generate_many)", lm, "auto", 1),
+                                 ("ours one core (SAMPLING_LAB_TWO_CORES=off)", lm, "off", 1)):
             GOVERNOR.mode = mode
             m.prefixes.clear()
             try:
-                stamps = [time.perf_counter() for _ in core.generate_many(m, ids, cfgs, 40, stop_at_eos=False)]
+                stamps = [time.perf_counter() for _ in core.generate_many(m, ids, cfgs[:n], 40, stop_at_eos=False)]
             finally:
                 GOVERNOR.mode = "auto"
-            table.add("side by side", f"{label}, 3 columns: {name}", "ms/step",
+            # one column beside three: what the rows after the first cost (each row keeps its own bits)
+            table.add("side by side", f"{label}, {n} column{'s' * (n > 1)}: {name}", "ms/step",
                       1e3 * (stamps[-1] - stamps[0]) / (len(stamps) - 1))
 
 
@@ -664,8 +728,12 @@ def main() -> None:
             for name, m, two in (("ours one core", lm, False), ("ours two cores", lm, True),
                                  ("ours without packed copies, one core", unpacked(lm), False),
                                  ("plain backend (torch forward, MKL GEMVs)", plain(lm), False),
+                                 (LOCAL_TWO, plain(lm), None),
                                  ("ours bf16 one core", lm_bf16, False)):
-                ms = statistics.median(bare_decode_ms(m, 5, two=two))
+                if two is None and not LOCAL_THREADS.available:
+                    continue
+                with LOCAL_THREADS(2) if two is None else contextlib.nullcontext():
+                    ms = statistics.median(bare_decode_ms(m, 5, two=bool(two)))
                 table.add(f"{label}, ceiling", f"{name}: model-only decode step (ctx 5)", "ms", ms)
         nbytes = weight_bytes_per_token(lm.model)
         best_bw = max(table.get(f"{label}, ceiling", read_row(n)) for n in (1, 2))
@@ -726,6 +794,10 @@ def targets(t: Table) -> list[tuple[str, str, bool]]:
             plain_tps = t.get(sec, "plain backend (SAMPLING_LAB_BACKEND=torch): decode")
             out.append((f"{label}, prompt {plen}: plain backend ≥ 1.3× transformers", f"{plain_tps / hf:.2f}×",
                         plain_tps / hf >= 1.3))
+            two = t.get(sec, f"{LOCAL_TWO}: decode")
+            if two == two:
+                out.append((f"{label}, prompt {plen}: {LOCAL_TWO} against transformers (reported, no target)",
+                            f"{two / hf:.2f}×", True))
             llama = t.get(sec, "llama.cpp F32, 2 threads: decode")
             if llama == llama:  # measured (SmolLM2 only)
                 out.append((f"{label}, prompt {plen}: fast backend against llama.cpp F32 (reported, no target)",

@@ -74,6 +74,19 @@ def lm(request: pytest.FixtureRequest) -> core.LanguageModel:
 
 
 @needs_openblas
+def test_packed_copies_only_where_they_earn(lm: core.LanguageModel) -> None:
+    """Copies for q/k/v, the first MLP product(s) and the head; the output and down projections read the
+    model's own memory (a copy of them was no faster: openblas.py, fast/__init__.py)."""
+    own = {p.data_ptr() for p in lm.model.parameters()}
+    arrays = FastCPUBackend(lm.model).arrays
+    blocks = arrays.blocks[0]
+    names = ("qkv", "gate_up", "o", "down") if hasattr(blocks, "o") else ("qkv", "fc_in", "out", "fc_out")
+    copied, kept = [getattr(blocks, n) for n in names[:2]] + [arrays.head], [getattr(blocks, n) for n in names[2:]]
+    assert all(g.gemv.column_major and g.gemv.matrix.ctypes.data not in own for g in copied)
+    assert all(not g.gemv.column_major and g.gemv.matrix.ctypes.data in own for g in kept)
+
+
+@needs_openblas
 @pytest.mark.parametrize("pack", [True, False])
 def test_numpy_step_matches_the_torch_step(lm: core.LanguageModel, pack: bool) -> None:
     """Step after step past a 300-token prompt: the same logits (float32 rounding aside) and the same

@@ -37,13 +37,15 @@ class Stacked:
         return np.concatenate([p(x) for p in self.parts], axis=-1)
 
 
-def _proj(weights: tuple[Tensor, ...], bias: Tensor | None = None, wide_input: bool = False,
+def _proj(weights: tuple[Tensor, ...], bias: Tensor | None = None, own: bool = False,
           pack: bool = True) -> RowProj | Stacked:
     """A product for the numpy step. pack: one padded column-major copy of the weights stacked (it
-    streams faster unless the input is the wide side); otherwise, and where the input is the wide
-    side, the model's own row-major weights (no copy)."""
+    streams faster for the wide outputs); otherwise, and with `own`, the model's own row-major weights
+    (no copy). `own` marks the products where a copy earned nothing: the wide-input down projection
+    and the square output projection (one thread's CPU time per step, packed against own: GPT-2
+    5.7 vs 5.8 ms, SmolLM2 3.2 vs 3.5 ms, for 27 / 40 MiB of copies)."""
     b = None if bias is None else _view(bias)
-    if pack and not wide_input:
+    if pack and not own:
         return RowProj(packed(*weights), sum(w.shape[0] for w in weights), b)
     parts = tuple(RowProj(shared(w), w.shape[0], b) for w in weights)
     return parts[0] if len(parts) == 1 else Stacked(parts)
@@ -56,17 +58,17 @@ def _arrays(model: DecoderModel, pack: bool) -> DecoderArrays:
     if isinstance(model, GPTModel):
         blocks = tuple(GPTBlockArrays((_view(b.norm1.weight), _view(b.norm1.bias)),
                                       proj((b.att.qkv.weight,), b.att.qkv.bias),
-                                      proj((b.att.out_proj.weight,), b.att.out_proj.bias),
+                                      proj((b.att.out_proj.weight,), b.att.out_proj.bias, own=True),
                                       (_view(b.norm2.weight), _view(b.norm2.bias)),
                                       proj((b.ff[0].weight,), b.ff[0].bias),
-                                      proj((b.ff[2].weight,), b.ff[2].bias, wide_input=True))
+                                      proj((b.ff[2].weight,), b.ff[2].bias, own=True))
                        for b in model.blocks)
         return DecoderArrays(_view(model.tok_emb.weight), _view(model.pos_emb.weight), blocks, norm, head)
     blocks = tuple(LlamaBlockArrays(_view(b.attn_norm.weight),
                                     proj((b.attn.q_proj.weight, b.attn.k_proj.weight, b.attn.v_proj.weight)),
-                                    proj((b.attn.o_proj.weight,)), _view(b.ffn_norm.weight),
+                                    proj((b.attn.o_proj.weight,), own=True), _view(b.ffn_norm.weight),
                                     proj((b.mlp.gate_proj.weight, b.mlp.up_proj.weight)),
-                                    proj((b.mlp.down_proj.weight,), wide_input=True))
+                                    proj((b.mlp.down_proj.weight,), own=True))
                    for b in model.blocks)
     return DecoderArrays(_view(model.tok_emb.weight), None, blocks, norm, head)
 
