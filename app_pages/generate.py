@@ -41,12 +41,9 @@ def _stream(lm: core.LanguageModel, ids: tuple[int, ...], max_new: int, past_end
 def _pick(run: gv.Run, b: int, steps: tuple, split: int | None, colour_by: str, key: str) -> None:
     """Branch b's text, each token a button: a click opens the inspector below on that token."""
     ends = frozenset() if run.stop_at_eos else frozenset(run.eos_ids)   # marked only where generation went past one
-    inspected = state.get(gv.inspect_branch_key(run))
-    selected = state.get(gv.inspect_key(run, b)) if inspected == b else None
-    picked = token_picker(gv.picker_data(run.prompt, run.prompt_mode, steps, colour_by, ends, selected, split), key)
-    if picked is not None and 0 <= picked < len(steps):
-        state[gv.inspect_branch_key(run)] = b
-        state[gv.inspect_key(run, b)] = picked
+    selected = state.get(gv.inspect_key(run, b)) if state.get(gv.inspect_branch_key(run), 0) == b else None
+    token_picker(gv.picker_data(run.prompt, run.prompt_mode, steps, colour_by, ends, selected, split), key,
+                 on_pick=functools.partial(gv.take_pick, state, b, key))
 
 
 def _inspector(run: gv.Run, b: int) -> None:
@@ -77,27 +74,30 @@ def _inspector(run: gv.Run, b: int) -> None:
     left.dataframe(with_prob_text(before, PROB_COLUMNS), hide_index=True, column_config=config)
     right.caption("After filtering: what the sampler drew from")
     right.dataframe(with_prob_text(after, PROB_COLUMNS), hide_index=True, column_config=config)
-    _branch_choice(run, b, i, step)
+    _branch_choice(run, b, i)
 
 
-def _branch_choice(run: gv.Run, b: int, i: int, step) -> None:
+def _branch_choice(run: gv.Run, b: int, i: int) -> None:
     """Take another token at this position and continue generating from it (a branch)."""
-    alts = branches.alternatives(step)
+    base = branches.home(run.branches, b, i)   # a chosen token's siblings split from where it split
+    alts = branches.alternatives(run.path(base)[i])
     if not alts:
         return
+    explored = [branches.find(run.branches, base, i, c.token_id) for c in alts]
     c_alt, c_go = st.columns([3, 1.2], vertical_alignment="bottom")
-    c = c_alt.selectbox("Take this token instead", alts, key=f"gen_alt_{run.number}_{b}_{i}",
-                        format_func=lambda c: f"{show_token(c.text)}  ·  {fmt_prob(c.prob)} after filters  ·  "
-                                              f"{fmt_prob(c.raw_prob)} raw",
+    j = c_alt.selectbox("Take this token instead", range(len(alts)), key=f"gen_alt_{run.number}_{base}_{i}",
+                        index=next((j for j, e in enumerate(explored) if e is None), 0),
+                        format_func=lambda j: f"{show_token(alts[j].text)}  ·  {fmt_prob(alts[j].prob)} after filters"
+                                              f"  ·  {fmt_prob(alts[j].raw_prob)} raw"
+                                              + (f"  ·  branch {explored[j]}" if explored[j] else ""),
                         help="Continue the text from this token with the run's settings and seed; the original "
                              "stays, side by side with the branch.")
-    existing = branches.find(run.branches, b, i, c.token_id)
-    if existing is not None:
-        c_go.button(f"Show branch {existing}", key="gen_show_branch", width="stretch", on_click=gv.show_branch,
-                    args=(state, run, existing))
+    if explored[j] is not None:
+        c_go.button(f"Show branch {explored[j]}", key="gen_show_branch", width="stretch", on_click=gv.show_branch,
+                    args=(state, run, explored[j]))
     else:
         c_go.button("Branch from here", icon=":material/call_split:", key="gen_branch", width="stretch",
-                    on_click=gv.request_branch, args=(state, run, b, i, c.token_id))
+                    on_click=gv.request_branch, args=(state, run, base, i, alts[j].token_id))
 
 
 def _branch(lm: core.LanguageModel, colour_by: str, slot) -> str | None:

@@ -72,6 +72,14 @@ def choice_step(step: Step, choice: Candidate, rank: int, finished: str | None) 
                                raw_prob=choice.raw_prob, rank=rank, finished=finished)
 
 
+def home(branches: Sequence[Branch], b: int, at: int) -> int:
+    """Where a branch taken at token `at` of branch b splits from: b itself, or, where that token is one a
+    branch chose, the branch that chose it splits from (its alternatives are the same distribution's)."""
+    while b and branches[b - 1].at == at:
+        b = branches[b - 1].parent
+    return b
+
+
 def find(branches: Sequence[Branch], parent: int, at: int, token_id: int) -> int | None:
     """The branch already explored from (parent, at) with that token, or None."""
     for b, br in enumerate(branches, start=1):

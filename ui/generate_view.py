@@ -142,6 +142,17 @@ def inspect_key(run: Run, b: int) -> str:
     return f"gen_inspect_{run.number}" + (f"_{b}" if b else "")
 
 
+def take_pick(state: MutableMapping, b: int, key: str) -> None:
+    """A token was clicked in branch b's text (the component keyed `key`): inspect it. A callback, so the
+    text redraws with the token marked in the same rerun."""
+    run = state.get(RUN_KEY)
+    picked = (state.get(key) or {}).get("pick")
+    if run is None or not isinstance(picked, int) or isinstance(picked, bool) or not 0 <= picked < len(run.path(b)):
+        return
+    state[inspect_branch_key(run)] = b
+    state[inspect_key(run, b)] = picked
+
+
 def request_branch(state: MutableMapping, run: Run, parent: int, at: int, token_id: int) -> None:
     """Button callback: ask the next page run to branch from (parent, at) with that token."""
     state[COMMAND_KEY] = "branch"

@@ -95,8 +95,7 @@ _CSS = TOKEN_CSS + """
 _token_picker = st.components.v2.component("sampling_lab.token_picker", js=_JS, css=_CSS)
 
 
-def token_picker(data: Mapping, key: str, on_pick: Callable[[], None] = lambda: None) -> int | None:
-    """Draw the text; the token index clicked in this run (a trigger: None on every other run)."""
-    result = _token_picker(data=dict(data), key=key, on_pick_change=on_pick)
-    pick = result.get("pick")
-    return pick if isinstance(pick, int) and not isinstance(pick, bool) else None
+def token_picker(data: Mapping, key: str, on_pick: Callable[[], None]) -> None:
+    """Draw the text; a click or tap calls on_pick before the rerun, with st.session_state[key]["pick"] set
+    to the token's index (a trigger: it is None again on the next run)."""
+    _token_picker(data=dict(data), key=key, on_pick_change=on_pick)
