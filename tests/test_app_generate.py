@@ -119,11 +119,8 @@ def test_interrupted_run_keeps_tokens_with_a_stopped_note(at: AppTest) -> None:
     assert at.warning[0].value.startswith("Interrupted after 3 tokens")
 
 
-def test_export_then_replay_without_the_model(at: AppTest, monkeypatch: pytest.MonkeyPatch) -> None:
-    run = _generate(at)
-    html, spec = _picker(at), json.loads(at.get("plotly_chart")[0].proto.spec)["data"]
-    exported = gv.run_to_json(run).encode("utf-8")
-
+def _replay(exported: bytes, name: str, monkeypatch: pytest.MonkeyPatch) -> AppTest:
+    """A fresh session that replays a run file with no model to load."""
     def no_model(*args, **kwargs):
         raise AssertionError("replay must not load a model")
 
@@ -131,8 +128,15 @@ def test_export_then_replay_without_the_model(at: AppTest, monkeypatch: pytest.M
     fresh = AppTest.from_file(APP, default_timeout=120)
     fresh.run()
     fresh.switch_page("app_pages/generate.py").run()
-    fresh.file_uploader(key="gen_upload").upload("my-run.json", exported, "application/json").run()
+    fresh.file_uploader(key="gen_upload").upload(name, exported, "application/json").run()
     assert not fresh.exception and not fresh.error
+    return fresh
+
+
+def test_export_then_replay_without_the_model(at: AppTest, monkeypatch: pytest.MonkeyPatch) -> None:
+    run = _generate(at)
+    html, spec = _picker(at), json.loads(at.get("plotly_chart")[0].proto.spec)["data"]
+    fresh = _replay(gv.run_to_json(run).encode("utf-8"), "my-run.json", monkeypatch)
     assert fresh.session_state["gen_run"] == run
     assert _picker(fresh) == html
     assert json.loads(fresh.get("plotly_chart")[0].proto.spec)["data"] == spec
@@ -244,15 +248,7 @@ def test_branch_from_an_alternative_side_by_side_with_its_tree_exported_and_repl
     # the tree travels in the run file and comes back on replay
     exported = gv.run_to_json(run).encode("utf-8")
     assert gv.parse_run(exported) == run
-    def no_model(*args, **kwargs):
-        raise AssertionError("replay must not load a model")
-
-    monkeypatch.setattr(bridge, "get_model", no_model)
-    fresh = AppTest.from_file(APP, default_timeout=120)
-    fresh.run()
-    fresh.switch_page("app_pages/generate.py").run()
-    fresh.file_uploader(key="gen_upload").upload("tree.json", exported, "application/json").run()
-    assert not fresh.exception and not fresh.error
+    fresh = _replay(exported, "tree.json", monkeypatch)
     assert fresh.session_state["gen_run"].branches == run.branches
     assert [o for o in fresh.selectbox(key="gen_view_1").options] == ["original (6 tokens)",
                                                                      branches.label(run.steps, run.branches, 1)]

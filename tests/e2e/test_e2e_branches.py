@@ -10,7 +10,7 @@ import re
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
-from conftest import wait_idle
+from conftest import open_with_prompt, wait_idle
 
 PROMPT = "Once upon a time, in a small village,"
 TOKENS = "[data-testid='stMain'] .sl-tok"
@@ -29,14 +29,7 @@ def _open_generate(page: Page, app_url: str, tokens: int, phone: bool = False) -
         page.goto(f"{app_url}/generate")
         expect(page.get_by_role("heading", name="Generate")).to_be_visible(timeout=180_000)
     else:
-        page.goto(app_url)
-        wait_idle(page, 180_000)
-        page.locator("[data-testid='stSidebarNav'] a", has_text="Generate").click()
-        expect(page.get_by_role("heading", name="Generate")).to_be_visible(timeout=60_000)
-        wait_idle(page)
-        prompt = page.locator("[data-testid='stSidebar'] textarea").first
-        prompt.fill(PROMPT)
-        prompt.press("Control+Enter")
+        open_with_prompt(page, app_url, "Generate", PROMPT)
     wait_idle(page)
     box = page.get_by_label("Max new tokens")
     box.fill(str(tokens))
