@@ -255,8 +255,9 @@ def sampler_widgets(prefix: str = "", cfg: core.SamplingConfig | None = None) ->
     st.number_input("DRY allowed length", min_value=0, max_value=50, value=c.dry_allowed_length, step=1,
                     key=f"{prefix}dry_allowed_length", help="Repeats up to this many tokens are free.")
     st.text_input("DRY sequence breakers", breakers_text(c.dry_sequence_breakers), key=f"{prefix}dry_breakers_text",
+                  # help is Markdown: "\\," shows as "\,"
                   help=r"A repeat never reaches back past one of these. Comma-separated; write a newline as \n, "
-                       r"a comma as \, and a space at either end as \s. llama.cpp's default: \n, :, \", *")
+                       r"a comma as \\, and a space at either end as \s. llama.cpp's default: \n, :, \", *")
 
 
 def _more_samplers(sb: DeltaGenerator) -> None:
