@@ -6,9 +6,11 @@ import streamlit as st
 
 import core
 from ui import bridge
+from ui import branches
 from ui import generate_view as gv
 from ui.controls import (chat_temperature_hint, continue_past_end, load_model, prompt_mode, require_prompt_ids,
                          settings, template_expander)
+from ui.token_picker import token_picker
 from ui.format import fmt_bits, fmt_prob, plain_text_for_markdown, settings_label, show_token, with_prob_text
 
 PROB_COLUMNS = ["raw probability", "after filters"]
@@ -36,18 +38,30 @@ def _stream(lm: core.LanguageModel, ids: tuple[int, ...], max_new: int, past_end
     st.rerun()   # redraw with the buttons back in their idle state
 
 
-@st.fragment
-def _inspector(run: gv.Run) -> None:
-    """Pick a token, see what else the model considered (a fragment: only this part redraws)."""
-    st.subheader("Inspect a token")
-    i = st.selectbox("Token", range(len(run.steps)), format_func=lambda i: gv.inspect_label(run.steps[i]),
-                     key=f"gen_inspect_{run.number}",
-                     help="Hover a token above for a quick look; pick it here for the full top-10 lists.")
-    step = run.steps[i]
-    st.text(f"Chose {show_token(step.text)} (id {step.token_id}): {fmt_prob(step.prob)} after filters, "
+def _pick(run: gv.Run, b: int, steps: tuple, split: int | None, colour_by: str, key: str) -> None:
+    """Branch b's text, each token a button: a click opens the inspector below on that token."""
+    ends = frozenset() if run.stop_at_eos else frozenset(run.eos_ids)   # marked only where generation went past one
+    selected = state.get(gv.inspect_key(run, b)) if state.get(gv.inspect_branch_key(run), 0) == b else None
+    token_picker(gv.picker_data(run.prompt, run.prompt_mode, steps, colour_by, ends, selected, split), key,
+                 on_pick=functools.partial(gv.take_pick, state, b, key))
+
+
+def _inspector(run: gv.Run, b: int) -> None:
+    """The token picked above: what else the model considered, and a branch from any alternative."""
+    steps = run.path(b)
+    i = st.selectbox("Token", range(len(steps)), format_func=lambda i: gv.inspect_label(steps[i]),
+                     key=gv.inspect_key(run, b), index=None, placeholder="click or tap a token above",
+                     help="Click or tap a token in the text above, or pick it here.")
+    if i is None:
+        return
+    step = steps[i]
+    chose = f"Chose {show_token(step.text)} (id {step.token_id}): "
+    if b and gv.forced(run, b, i):
+        chose = f"You chose {show_token(step.text)} (id {step.token_id}) here, branch {b}: nothing was drawn. "
+    st.text(f"{chose}{fmt_prob(step.prob)} after filters, "
             f"{fmt_prob(step.raw_prob)} raw, rank {step.rank:,} under the raw logits. Entropy "
-            f"{fmt_bits(step.entropy)} after filters ({fmt_bits(step.raw_entropy)} raw). "
-            f"Random number u = {step.uniform:.4f}.")
+            f"{fmt_bits(step.entropy)} after filters ({fmt_bits(step.raw_entropy)} raw)."
+            + ("" if b and gv.forced(run, b, i) else f" Random number u = {step.uniform:.4f}."))
     before, after = gv.alternatives_tables(step)
     # Fixed widths so both tables show every column side by side at a normal window width.
     config = {"rank": st.column_config.NumberColumn("rank", width=45),
@@ -60,6 +74,59 @@ def _inspector(run: gv.Run) -> None:
     left.dataframe(with_prob_text(before, PROB_COLUMNS), hide_index=True, column_config=config)
     right.caption("After filtering: what the sampler drew from")
     right.dataframe(with_prob_text(after, PROB_COLUMNS), hide_index=True, column_config=config)
+    _branch_choice(run, b, i)
+
+
+def _branch_choice(run: gv.Run, b: int, i: int) -> None:
+    """Take another token at this position and continue generating from it (a branch)."""
+    base = branches.home(run.branches, b, i)   # a chosen token's siblings split from where it split
+    alts = branches.alternatives(run.path(base)[i])
+    if not alts:
+        return
+    explored = [branches.find(run.branches, base, i, c.token_id) for c in alts]
+    c_alt, c_go = st.columns([3, 1.2], vertical_alignment="bottom")
+    j = c_alt.selectbox("Take this token instead", range(len(alts)), key=f"gen_alt_{run.number}_{base}_{i}",
+                        index=next((j for j, e in enumerate(explored) if e is None), 0),
+                        format_func=lambda j: f"{show_token(alts[j].text)}  ·  {fmt_prob(alts[j].prob)} after filters"
+                                              f"  ·  {fmt_prob(alts[j].raw_prob)} raw"
+                                              + (f"  ·  branch {explored[j]}" if explored[j] else ""),
+                        help="Continue the text from this token with the run's settings and seed; the original "
+                             "stays, side by side with the branch.")
+    if explored[j] is not None:
+        c_go.button(f"Show branch {explored[j]}", key="gen_show_branch", width="stretch", on_click=gv.show_branch,
+                    args=(state, run, explored[j]))
+    else:
+        c_go.button("Branch from here", icon=":material/call_split:", key="gen_branch", width="stretch",
+                    on_click=gv.request_branch, args=(state, run, base, i, alts[j].token_id))
+
+
+def _branch(lm: core.LanguageModel, colour_by: str, slot) -> str | None:
+    """Add the requested branch and generate its continuation into session state, step by step, then
+    rerun; or say why it cannot be done."""
+    run: gv.Run | None = state.get(gv.RUN_KEY)
+    request = state.get(gv.BRANCH_KEY)
+    state[gv.BRANCH_KEY] = None
+    if run is None or request is None or request[0] != run.number:
+        return None
+    if lm.name != run.model:
+        return f"This run was made with {run.model}: choose that model in the sidebar to branch from it."
+    _, parent, at, token = request
+    prompt_ids = lm.encode_prompt(run.prompt, run.prompt_mode)
+    ids_before = branches.continuation_ids(prompt_ids, run.path(parent)[:at], (), 0)
+    rank = gv.choice_rank(run, parent, at, token, lambda: lm.next_token_logits(ids_before))
+    run, b, remaining = gv.start_branch(run, parent, at, token, rank)
+    state[gv.RUN_KEY] = run
+    gv.show_branch(state, run, b)
+    if remaining:
+        ids = branches.continuation_ids(prompt_ids, run.steps, run.branches, b)
+        last = 0.0
+        for step in core.generate(lm, ids, run.sampling, remaining, top_n=gv.TOP_N, stop_at_eos=run.stop_at_eos):
+            run = run.with_branches(branches.extend(run.branches, b, step))
+            state[gv.RUN_KEY] = run
+            if time.monotonic() - last > REDRAW_S:
+                slot.html(gv.tokens_html(gv.branch_run(run, b), colour_by, streaming=True))
+                last = time.monotonic()
+    st.rerun()
 
 
 def _show_run(run: gv.Run, colour_by: str, max_new: int, past_end: bool) -> None:
@@ -82,13 +149,38 @@ def _show_run(run: gv.Run, colour_by: str, max_new: int, past_end: bool) -> None
         st.caption("Temperature 0 always takes the top token, so every token is 100% after filters: colour by "
                    "raw probability to see how sure the model was.")
     st.html(gv.legend_html(colour_by))
-    st.html(gv.tokens_html(run, colour_by))
+    b = 0
+    if run.branches:
+        b = st.selectbox("Show", range(len(run.branches) + 1), key=gv.view_key(run),
+                         format_func=lambda b: branches.label(run.steps, run.branches, b),
+                         help="The original run, or a branch beside the text it split from.")
+    if b == 0:
+        _pick(run, 0, run.steps, None, colour_by, f"gen_text_{run.number}_0")
+    else:
+        br = run.branches[b - 1]
+        left, right = st.columns(2)
+        with left:
+            st.caption(plain_text_for_markdown(f"{branches.label(run.steps, run.branches, br.parent).capitalize()}: "
+                                               f"it took {show_token(run.path(br.parent)[br.at].text)} at #{br.at + 1}"))
+            _pick(run, br.parent, run.path(br.parent), br.at, colour_by, f"gen_text_{run.number}_{br.parent}")
+        with right:
+            st.caption(plain_text_for_markdown(f"Branch {b}: {show_token(br.choice.text)} at #{br.at + 1} "
+                                               f"({fmt_prob(br.choice.prob)} after filters), then generated"))
+            _pick(run, b, run.path(b), br.at, colour_by, f"gen_text_{run.number}_{b}")
     if not run.steps:
         return
+    inspected = state.get(gv.inspect_branch_key(run), 0)
+    if inspected not in (b, run.branches[b - 1].parent if b else 0):
+        inspected = b
+    with st.container(border=True, key="gen_inspector"):
+        st.markdown(f"**Inspect a token** · {plain_text_for_markdown(branches.label(run.steps, run.branches, inspected))}")
+        _inspector(run, inspected)
+    if run.branches:
+        st.subheader("Explored branches")
+        st.html(branches.tree_html(run.steps, run.branches, b))
     smooth = st.toggle("Smooth the chart (average of 10 tokens)", key="gen_smooth",
                        help="A moving average over the last 10 tokens shows the trend in a long run.")
-    st.plotly_chart(gv.chart_figure(run.steps, smooth=10 if smooth else None), width="stretch")
-    _inspector(run)
+    st.plotly_chart(gv.chart_figure(run.path(b), smooth=10 if smooth else None), width="stretch")
     name = f"sampling-lab-run-seed{run.sampling.seed}-{len(run.steps)}tok.json"
     # A callable is only run on click: a long run's JSON is not rebuilt on every rerun.
     st.download_button("Download this run (JSON)", functools.partial(gv.run_to_json, run), file_name=name,
@@ -109,13 +201,14 @@ def _import() -> None:
 
 s = settings()
 st.title("Generate")
-st.caption("Watch the model write, one token at a time. Each token is coloured by how likely it was; hover it "
-           "to see what else the model considered.")
+st.caption("Watch the model write, one token at a time. Each token is coloured by how likely it was; click or "
+           "tap it to see what else the model considered, and branch from any alternative.")
 
 # Settle a run a rerun cut short; a Generate click loads the model now, before the buttons are drawn,
 # so a model that fails leaves them idle.
-lm, problem = load_model(s) if gv.take_command(state) == "generate" else (None, None)
-generating = lm is not None and bool(s.prompt.strip())
+command = gv.take_command(state)
+lm, problem = load_model(s) if command else (None, None)
+generating = lm is not None and (command == "branch" or bool(s.prompt.strip()))
 
 c_max, c_colour, c_end = st.columns([1, 1.6, 1.4], vertical_alignment="bottom")
 max_new = int(c_max.number_input("Max new tokens", 1, 1000, state.get("gen_max_saved", 60), 10,
@@ -139,6 +232,11 @@ b3.button("Stop", icon=":material/stop:", on_click=gv.request, args=(state, "sto
 slot = st.empty()
 if problem:
     slot.error(plain_text_for_markdown(problem), icon="⚠️")   # names a user-typed path: shown literally
+elif lm is not None and command == "branch":
+    problem = _branch(lm, colour_by, slot)   # reruns when the branch is done; else says why not
+    if problem:
+        st.error(plain_text_for_markdown(problem), icon=":material/error:")   # names a model: shown literally
+        problem = None
 elif lm is not None:
     with slot.container():
         ids = require_prompt_ids(s, lm)   # says so and stops on a blank prompt

@@ -10,8 +10,8 @@ import torch
 import core
 from ui import bridge
 from ui import side_by_side_view as view
-from ui.controls import (chat_temperature_hint, continue_past_end, prompt_mode, require_model, require_prompt_ids,
-                         settings, template_expander)
+from ui.controls import (chat_temperature_hint, continue_past_end, more_samplers, order_widgets, prompt_mode,
+                         require_model, require_prompt_ids, sampler_widgets, settings, template_expander)
 from ui.format import plain_text_for_markdown, prompt_display
 
 s = settings()
@@ -28,18 +28,26 @@ n_cols = left.radio("Columns", [2, 3, 4], index=1, horizontal=True, key="sbs_col
 top_n = right.slider("Tokens in each chart", 3, 30, 10, key="sbs_top_n")
 
 
-def _edits(col, i: int, cfg: core.SamplingConfig) -> dict[str, object]:
-    """The "Edit this column" expander: the column's values as defaults, keyed by comparison and column."""
+def _edits(col, i: int, cfg: core.SamplingConfig) -> dict[str, object] | str:
+    """The "Edit this column" expander: every sampler, the order and the seed, the column's values as
+    defaults, keyed by comparison and column; a string says what could not be read."""
     key = f"sbs_edit_{list(view.COMPARISONS).index(comparison)}_{i}"
     with col.expander("Edit this column"):
-        orders = list(core.ORDERS)
-        return {"temperature": st.number_input("Temperature", 0.0, None, cfg.temperature, 0.1, "%g", key=f"{key}_t"),
-                "top_k": int(st.number_input("Top-k (0 = off)", 0, None, cfg.top_k or 0, key=f"{key}_k")) or None,
-                "top_p": st.slider("Top-p", 0.01, 1.0, cfg.top_p, 0.01, key=f"{key}_p"),
-                "min_p": st.slider("Min-p", 0.0, 0.99, cfg.min_p, 0.01, key=f"{key}_m"),
-                "repetition_penalty": st.slider("Repetition penalty", 1.0, 2.0, cfg.repetition_penalty, 0.05,
-                                                key=f"{key}_rep"),
-                "order": st.selectbox("Order", orders, orders.index(cfg.rules), key=f"{key}_order")}
+        seed = st.number_input("Seed (empty = the sidebar's)", 0, 2**31 - 1, None, key=f"{key}_seed",
+                               placeholder=f"{s.sampling.seed} (sidebar)",
+                               help="Columns with one seed draw the same random numbers (common random numbers).")
+        basic = {"temperature": st.number_input("Temperature", 0.0, None, cfg.temperature, 0.1, "%g", key=f"{key}_t"),
+                 "top_k": int(st.number_input("Top-k (0 = off)", 0, None, cfg.top_k or 0, key=f"{key}_k")) or None,
+                 "top_p": st.slider("Top-p", 0.01, 1.0, cfg.top_p, 0.01, key=f"{key}_p"),
+                 "min_p": st.slider("Min-p", 0.0, 0.99, cfg.min_p, 0.01, key=f"{key}_m"),
+                 **({"seed": int(seed)} if seed is not None else {})}
+        st.caption("More samplers")
+        sampler_widgets(f"{key}_", cfg)
+        order_widgets(st.container(), f"{key}_", cfg.order)
+    try:
+        return {**basic, **more_samplers(st.session_state, f"{key}_")}
+    except ValueError as e:   # text that does not parse (logit bias, DRY breakers): the column says so
+        return str(e)
 
 
 cols = st.columns(n_cols)
@@ -77,7 +85,7 @@ st.caption(f"The {len(order)} tokens the model ranks highest, in the same order 
 # No st.fragment here: a click inside a running fragment is queued until it ends, so Stop could
 # not interrupt it; a full rerun does interrupt, and the charts above come from cached logits.
 st.subheader("Continuations, generated live")
-st.write(view.CRN_SENTENCE)
+st.write(view.CRN_SENTENCE if len({sp.config.seed for sp in valid}) <= 1 else view.SEEDS_SENTENCE)
 mode = prompt_mode(s, lm)
 if hint := chat_temperature_hint(s, mode):
     st.caption(hint)
@@ -93,9 +101,10 @@ steps_area = st.empty()
 
 st.subheader(f"The book's experiment: {view.N_DRAWS:,} draws in each column")
 st.write(f"Draw the prompt's next token {view.N_DRAWS:,} times with each column's settings and count what "
-         "comes out. Every column uses the same 1,000 random numbers (seeded from the sidebar).")
+         "comes out. Columns with one seed use the same 1,000 random numbers (the sidebar's seed unless a column "
+         "sets its own).")
 if valid:
-    counts = view.draw_counts([probs[sp.index] for sp in valid], s.sampling.seed)
+    counts = view.draw_counts([probs[sp.index] for sp in valid], s.sampling.seed, seeds=[sp.config.seed for sp in valid])
     names = [sp.name for sp in valid]
     table = view.counts_table(counts, names, logits, lm.tokenizer.token_text, max_rows=top_n)
     # Four columns of counts do not fit beside the chart at 1400 px: the table goes below it then.
@@ -131,7 +140,7 @@ if start:
     status.caption("Generating… (reading the prompt)")
     t0 = time.perf_counter()
     for steps in core.generate_many(lm, list(ids), [sp.config for sp in valid], max_new, seed=s.sampling.seed,
-                                    stop_at_eos=not past_end):
+                                    seeds=[sp.config.seed for sp in valid], stop_at_eos=not past_end):
         run = run.add(steps, seconds=time.perf_counter() - t0)
         st.session_state["sbs_run"] = run   # replaced every step, so a Stop keeps the tokens so far
         status.caption(f"Generating… token {run.steps} of {max_new}")
@@ -143,5 +152,5 @@ if run is None or run.key != key:
 else:
     show(run, live=False)
     status.caption(plain_text_for_markdown(view.run_status(run, max_new)))   # quotes model text: shown literally
-    with steps_area.expander("Step by step: the shared random number and what each column drew with it"):
+    with steps_area.expander("Step by step: the random number and what each column drew with it"):
         st.dataframe(view.steps_table(run), hide_index=True, width="stretch")

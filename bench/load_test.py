@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import html
+import json
 import os
 import re
 import socket
@@ -99,10 +100,14 @@ def start_server(env_extra: dict[str, str] | None = None) -> Server:
 
 
 def generated_tokens(texts: list[str]) -> list[str]:
-    """The token texts shown on the Generate page (its coloured spans), unescaped."""
-    boxes = [t for t in texts if 'class="sl-gen"' in t]
+    """The token texts shown on the Generate page: its clickable text once a run is over (ui.token_picker's
+    JSON data), else the streaming box's coloured spans, unescaped."""
+    pickers = [t for t in texts if t.startswith("{") and '"tokens"' in t and '"copy"' in t]
+    boxes = pickers or [t for t in texts if 'class="sl-gen"' in t]
     if len(boxes) != 1:
         raise AssertionError(f"expected one generated-text box, found {len(boxes)}")
+    if pickers:
+        return [token["t"] for token in json.loads(pickers[0])["tokens"]]
     return [html.unescape(t) for t in _TOKEN.findall(boxes[0])]
 
 

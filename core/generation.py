@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import codecs
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -88,13 +89,15 @@ def _rank(logits: Tensor, token: int, top: tuple[Candidate, ...]) -> int:
 
 def generate_many(lm: LanguageModel, prompt: str | Sequence[int], configs: Sequence[SamplingConfig],
                   max_new_tokens: int = 40, *, seed: int | None = None, mode: str = "raw", top_n: int = 10,
-                  use_cache: bool = True, stop_at_eos: bool = True,
-                  progress: ProgressCallback | None = None) -> Iterator[list[Step | None]]:
+                  use_cache: bool = True, stop_at_eos: bool = True, progress: ProgressCallback | None = None,
+                  seeds: Sequence[int | None] | None = None) -> Iterator[list[Step | None]]:
     """Several sampling settings, one prompt, advancing together; yields one list per step.
 
     Common random numbers: every column draws with the same uniform value at each step, so
     differences come from the settings, not from luck. A finished column yields None.
-    seed defaults to configs[0].seed; one torch.Generator serves the whole request. The columns
+    seed defaults to configs[0].seed; `seeds` gives each row its own (None = `seed`). Each row draws
+    exactly what it would draw alone (its seed; XTC's coin only where it has XTC), and rows that draw
+    alike from one seed share one torch.Generator, hence the same numbers. The columns
     step together through lm.engine, each with the bits it would get alone. The prompt is read
     once, after the longest prefix lm.prefixes holds that gives a fresh read's very bits (so the
     same seed gives the same text whatever the store holds; progress(done, total) reports the
@@ -105,8 +108,8 @@ def generate_many(lm: LanguageModel, prompt: str | Sequence[int], configs: Seque
     ids = lm.encode_prompt(prompt, mode) if isinstance(prompt, str) else list(prompt)
     ids = lm.check_ids(ids)
     ids, dropped, max_new = fit_context(ids, max_new_tokens, lm.context_length)
-    gen = make_generator(configs[0].seed if seed is None else seed)
     b = len(configs)
+    draws = _draw_groups(configs, configs[0].seed if seed is None else seed, seeds)
     greedy = all(c.greedy for c in configs)
     decoders = [codecs.getincrementaldecoder("utf-8")(errors="replace") for _ in range(b)]
     seqs = [list(ids) for _ in range(b)]
@@ -135,13 +138,18 @@ def generate_many(lm: LanguageModel, prompt: str | Sequence[int], configs: Seque
                     whole = b == 1
                 # drawn every step, so greedy columns never shift the others; kept on the CPU in float64
                 # (MPS has none): sample() moves it to the device
-                u = draw_uniform(gen, 1).expand(b)
-                # XTC's coin, shared by every column; drawn only when needed (runs without XTC keep their draws)
-                u_xtc = draw_uniform(gen, 1) if any(c.xtc_needs_draw for c in configs) else None
+                u = torch.empty(b, dtype=torch.float64)
+                u_xtc: list[Tensor | None] = [None] * b
+                for gen, needs_xtc, rows in draws:
+                    u[rows] = draw_uniform(gen, 1)
+                    # XTC's coin: drawn only by rows with XTC (runs without it keep their draws)
+                    coin = draw_uniform(gen, 1) if needs_xtc else None
+                    for i in rows:
+                        u_xtc[i] = coin
                 raw_probs = torch.softmax(logits, dim=-1)
                 probs = torch.stack([probabilities(logits[i], c, history=seqs[i], prompt_length=len(ids),
                                                    dry_breakers=breakers.get(c.dry_sequence_breakers, ()),
-                                                   xtc_uniform=u_xtc)
+                                                   xtc_uniform=u_xtc[i])
                                      for i, c in enumerate(configs)])
                 # a greedy row is one token at probability 1, which every draw picks: skip the draw
                 chosen = argmax(probs) if greedy else sample(probs, uniform=u)
@@ -170,6 +178,21 @@ def generate_many(lm: LanguageModel, prompt: str | Sequence[int], configs: Seque
     finally:
         if whole and state is not None:  # done writing to it, also when the caller stops early
             lm.prefixes.put(seqs[0][:state.pos], state)
+
+
+def _draw_groups(configs: Sequence[SamplingConfig], seed: int | None, seeds: Sequence[int | None] | None
+                 ) -> list[tuple[torch.Generator, bool, list[int]]]:
+    """(generator, draws XTC's coin, rows) per group of rows with one seed and one draw pattern."""
+    if seeds is None:
+        seeds = [seed] * len(configs)
+    if len(seeds) != len(configs):
+        raise ValueError(f"seeds has {len(seeds)} values for {len(configs)} configs")
+    if seed is None and None in seeds:
+        seed = int.from_bytes(os.urandom(8), "little")  # rows without a seed share one random seed
+    groups: dict[tuple[int, bool], list[int]] = {}
+    for i, (row_seed, cfg) in enumerate(zip(seeds, configs)):
+        groups.setdefault((seed if row_seed is None else row_seed, cfg.xtc_needs_draw), []).append(i)
+    return [(make_generator(s), needs_xtc, rows) for (s, needs_xtc), rows in groups.items()]
 
 
 def generate(lm: LanguageModel, prompt: str | Sequence[int], config: SamplingConfig | None = None,

@@ -10,9 +10,12 @@ import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
+import core
 import ui.controls
 from ui import bridge
+from ui import branches
 from ui import generate_view as gv
+from ui import token_picker
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
 
@@ -33,10 +36,11 @@ def _generate(at: AppTest, key: str = "gen_generate") -> gv.Run:
     return at.session_state["gen_run"]
 
 
-def _tokens_html(at: AppTest) -> str:
-    bodies = [h.proto.body for h in at.get("html") if 'class="sl-gen"' in h.proto.body]
-    assert len(bodies) == 1
-    return bodies[0]
+def _picker(at: AppTest, n: int = 1, which: int = 0) -> dict:
+    """The data of the clickable text (ui.token_picker): n of them on the page, the which-th one."""
+    texts = at.get("bidi_component")
+    assert len(texts) == n
+    return json.loads(texts[which].proto.json)
 
 
 def test_generate_shows_tokens_chart_inspector_and_download(at: AppTest) -> None:
@@ -46,10 +50,10 @@ def test_generate_shows_tokens_chart_inspector_and_download(at: AppTest) -> None
     assert [s.value for s in at.success] == ["Finished: reached the limit of 6 tokens."]
     # Buttons are idle again after the run: Generate enabled, Stop disabled.
     assert not at.button(key="gen_generate").disabled and at.button(key="gen_stop").disabled
-    html = _tokens_html(at)
-    assert html.count('class="sl-tok"') == 6
-    assert gv.escape_html(gv.token_display(run.steps[0].text)) in html
-    assert len(re.findall(r'title="#\d', html)) == 6
+    text = _picker(at)
+    assert len(text["tokens"]) == 6 and text["copy"] == run.text
+    assert text["tokens"][0]["t"] == gv.token_display(run.steps[0].text)
+    assert all(re.match(r"#\d", t["tip"]) for t in text["tokens"])
     spec = json.loads(at.get("plotly_chart")[0].proto.spec)
     chosen = next(t for t in spec["data"] if t["name"].startswith("chosen token's probability"))
     assert chosen["x"] == [1, 2, 3, 4, 5, 6]
@@ -108,18 +112,15 @@ def test_interrupted_run_keeps_tokens_with_a_stopped_note(at: AppTest) -> None:
     at.run()
     assert not at.exception
     assert at.warning[0].value.startswith("Stopped after 3 tokens")
-    assert _tokens_html(at).count('class="sl-tok"') == 3
+    assert len(_picker(at)["tokens"]) == 3
     assert at.session_state["gen_run"].status == "stopped"
     at.session_state["gen_run"] = partial                       # any other rerun: "interrupted"
     at.run()
     assert at.warning[0].value.startswith("Interrupted after 3 tokens")
 
 
-def test_export_then_replay_without_the_model(at: AppTest, monkeypatch: pytest.MonkeyPatch) -> None:
-    run = _generate(at)
-    html, spec = _tokens_html(at), json.loads(at.get("plotly_chart")[0].proto.spec)["data"]
-    exported = gv.run_to_json(run).encode("utf-8")
-
+def _replay(exported: bytes, name: str, monkeypatch: pytest.MonkeyPatch) -> AppTest:
+    """A fresh session that replays a run file with no model to load."""
     def no_model(*args, **kwargs):
         raise AssertionError("replay must not load a model")
 
@@ -127,10 +128,17 @@ def test_export_then_replay_without_the_model(at: AppTest, monkeypatch: pytest.M
     fresh = AppTest.from_file(APP, default_timeout=120)
     fresh.run()
     fresh.switch_page("app_pages/generate.py").run()
-    fresh.file_uploader(key="gen_upload").upload("my-run.json", exported, "application/json").run()
+    fresh.file_uploader(key="gen_upload").upload(name, exported, "application/json").run()
     assert not fresh.exception and not fresh.error
+    return fresh
+
+
+def test_export_then_replay_without_the_model(at: AppTest, monkeypatch: pytest.MonkeyPatch) -> None:
+    run = _generate(at)
+    html, spec = _picker(at), json.loads(at.get("plotly_chart")[0].proto.spec)["data"]
+    fresh = _replay(gv.run_to_json(run).encode("utf-8"), "my-run.json", monkeypatch)
     assert fresh.session_state["gen_run"] == run
-    assert _tokens_html(fresh) == html
+    assert _picker(fresh) == html
     assert json.loads(fresh.get("plotly_chart")[0].proto.spec)["data"] == spec
     assert any(t.value.startswith("Replayed from my-run.json") for t in fresh.text)
 
@@ -160,9 +168,9 @@ def test_error_about_a_hostile_file_is_not_markdown(at: AppTest) -> None:
 def test_hostile_prompt_is_escaped(at: AppTest) -> None:
     at.text_area(key="prompt").set_value('<script>alert(1)</script> ![x](http://127.0.0.1:9/leak) "q"').run()
     _generate(at)
-    html = _tokens_html(at)
-    assert "<script" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
-    assert "<img" not in html
+    # the clickable text gets plain strings and sets them with textContent: nothing is parsed as HTML
+    assert _picker(at)["prompt"] == '<script>alert(1)</script> ![x](http://127.0.0.1:9/leak) "q"'
+    assert "innerHTML" not in token_picker._JS and "textContent = data.prompt" in token_picker._JS
 
 
 def _greedy_first_token(at: AppTest) -> int:
@@ -206,3 +214,41 @@ def test_a_click_with_a_sidebar_edit_generates_with_the_new_settings(at: AppTest
     assert second.sampling.temperature == 0.0 and second.number == first.number + 1
     assert first.status == "done" and len(first.steps) == 6, "the earlier run object is never mutated"
     assert at.session_state[gv.COMMAND_KEY] is None
+
+
+def test_branch_from_an_alternative_side_by_side_with_its_tree_exported_and_replayed(
+        at: AppTest, tiny, monkeypatch: pytest.MonkeyPatch) -> None:
+    run = _generate(at)                                   # 6 tokens, raw mode: goes on past the end token
+    at.selectbox(key="gen_inspect_1").set_value(2).run()  # what a click on token #3 does
+    choice = branches.alternatives(run.steps[2])[1]
+    at.selectbox(key="gen_alt_1_0_2").set_value(1).run()
+    at.button(key="gen_branch").click().run()
+    assert not at.exception and not at.error, (at.exception, [e.value for e in at.error])
+    run = at.session_state["gen_run"]
+    (br,) = run.branches
+    assert (br.parent, br.at, br.choice.token_id, br.choice.prob) == (0, 2, choice.token_id, choice.prob)
+    assert [s.index for s in br.steps] == [2, 3, 4, 5]     # the run's limit: 6 tokens in all
+    # the continuation is what the model generates alone from the prompt + the branch's first 3 tokens
+    ids = tiny.encode_prompt(run.prompt) + [s.token_id for s in run.steps[:2]] + [choice.token_id]
+    alone = list(core.generate(tiny, ids, run.sampling, 3, top_n=gv.TOP_N, stop_at_eos=False))
+    assert [s.token_id for s in br.steps[1:]] == [s.token_id for s in alone]
+    assert [s.prob for s in br.steps[1:]] == [s.prob for s in alone]
+    # original and branch side by side, the split marked in both; the tree names the edge's probability
+    left, right = _picker(at, 2, 0), _picker(at, 2, 1)
+    assert left["copy"] == run.text and right["copy"] == branches.text_of(run.path(1))
+    assert left["split"] == right["split"] == 2
+    assert at.selectbox(key="gen_view_1").value == 1
+    tree = next(h.proto.body for h in at.get("html") if "sl-tree" in h.proto.body)
+    assert "branch 1</b> from the original at #3" in tree and gv.fmt_prob(choice.prob) in tree
+    # the same alternative again shows the branch instead of making a second one
+    at.selectbox(key="gen_view_1").set_value(0).run()
+    at.selectbox(key="gen_inspect_1").set_value(2).run()
+    at.selectbox(key="gen_alt_1_0_2").set_value(1).run()
+    assert at.button(key="gen_show_branch").label == "Show branch 1"
+    # the tree travels in the run file and comes back on replay
+    exported = gv.run_to_json(run).encode("utf-8")
+    assert gv.parse_run(exported) == run
+    fresh = _replay(exported, "tree.json", monkeypatch)
+    assert fresh.session_state["gen_run"].branches == run.branches
+    assert [o for o in fresh.selectbox(key="gen_view_1").options] == ["original (6 tokens)",
+                                                                     branches.label(run.steps, run.branches, 1)]

@@ -228,7 +228,7 @@ def test_ready_made_comparisons_chart_and_generate_full_settings(at: AppTest, ti
             expected = core.probabilities(logits, cfg, history=ids, prompt_length=len(ids))[order].tolist()
             assert got == pytest.approx(expected, rel=1e-5), name
     # the last one: transformers vs llama.cpp order; edit column 2 and generate both with one seed
-    at.slider(key="sbs_edit_3_1_rep").set_value(1.5).run()
+    at.slider(key="sbs_edit_3_1_rep_penalty").set_value(1.5).run()   # the sidebar's widget code, prefixed
     cfgs = [c for c in view.comparison_configs("transformers vs llama.cpp order (T = 2, top-p 0.9)", 123)]
     cfgs[1] = cfgs[1].replace(repetition_penalty=1.5)
     assert dist_x(at)[1] == pytest.approx(core.probabilities(logits, cfgs[1], history=ids)[order].tolist(), rel=1e-5)
@@ -243,3 +243,39 @@ def test_ready_made_comparisons_chart_and_generate_full_settings(at: AppTest, ti
     assert len(texts) == 2
     for text, expected in zip(texts, out):
         assert "".join(expected).strip() in text
+
+
+def test_column_editor_has_every_sampler_a_seed_and_dry_breakers(at: AppTest, tiny: core.LanguageModel,
+                                                                 logits: torch.Tensor) -> None:
+    name = "greedy vs temperature 1"
+    at.selectbox(key="sbs_comparison").set_value(name).run()
+    key = f"sbs_edit_{list(view.COMPARISONS).index(name)}_1"
+    for suffix in ("rep_penalty", "presence_penalty", "frequency_penalty", "typical_p", "top_n_sigma",
+                   "xtc_probability", "xtc_threshold", "dry_multiplier", "dry_base"):
+        assert at.slider(key=f"{key}_{suffix}") is not None                 # every sampler, per column
+    assert at.text_input(key=f"{key}_dry_breakers_text").value == r'\n, :, ", *'
+    at.slider(key=f"{key}_typical_p").set_value(0.5)
+    at.slider(key=f"{key}_dry_multiplier").set_value(0.8)
+    at.text_input(key=f"{key}_dry_breakers_text").set_value(r"\n, the")
+    at.number_input(key=f"{key}_seed").set_value(77).run()
+    assert not at.exception and not at.error
+    ids = tiny.tokenizer.encode(PROMPT)
+    cfg = core.SamplingConfig(temperature=1.0, typical_p=0.5, dry_multiplier=0.8, dry_sequence_breakers=("\n", "the"),
+                              seed=77)
+    order = view.token_order(logits, 10)
+    breakers = core.samplers.dry_breaker_ids(cfg.dry_sequence_breakers, tiny.tokenizer.token_text,
+                                             tiny.tokenizer.encode, tiny.tokenizer.vocab_size)
+    expected = core.probabilities(logits, cfg, **view.column_request(cfg, ids, breakers))[order].tolist()
+    assert dist_x(at)[1] == pytest.approx(expected, rel=1e-5)
+    assert any("seed 77" in m.value for m in at.markdown)                   # seeds differ: the names say which
+    assert any(view.SEEDS_SENTENCE in m.value for m in at.markdown)
+    generate(at, max_tokens=6)
+    run = at.session_state["sbs_run"]
+    alone = [s.text for s in core.generate(tiny, ids, cfg, 6, stop_at_eos=False)]
+    assert list(run.texts[1]) == alone                                       # the column's own seed, bit for bit
+    assert run.column_uniforms[1] != run.column_uniforms[0]
+    # text that does not parse: the column says so, the other column stays
+    at.text_input(key=f"{key}_dry_breakers_text").set_value(r"\q").run()
+    assert not at.exception
+    assert any(r"Column 2\: DRY sequence breakers\: unknown escape" in e.value for e in at.error)  # shown literally
+    assert len(dist_x(at)) == 1

@@ -379,6 +379,26 @@ def test_side_by_side_common_random_numbers(tiny):
     assert [r[2].token_id for r in rows] == greedy_alone
 
 
+def test_generate_many_per_row_seeds(tiny):
+    """Each row gets the bits it gets alone; rows with equal seeds keep common random numbers."""
+    prompt = "Every effort moves you"
+    t1 = core.SamplingConfig(temperature=1.0)
+    xtc = core.SamplingConfig(temperature=1.0, xtc_threshold=0.001, xtc_probability=0.5)
+    cfgs, seeds = [t1, t1, t1.replace(temperature=1.5), xtc], [5, 6, 5, 5]
+    rows = list(zip(*core.generate_many(tiny, prompt, cfgs, 10, seeds=seeds, stop_at_eos=False)))
+    for cfg, s, row in zip(cfgs, seeds, rows):
+        alone = list(core.generate(tiny, prompt, cfg.replace(seed=s), 10, stop_at_eos=False))
+        assert [(x.token_id, x.uniform, x.prob) for x in row] == [(x.token_id, x.uniform, x.prob) for x in alone]
+    assert [x.uniform for x in rows[0]] == [x.uniform for x in rows[2]]    # seed 5 twice: the same numbers
+    assert [x.uniform for x in rows[0]] != [x.uniform for x in rows[1]]    # seeds 5 and 6: different ones
+    assert [x.token_id for x in rows[0]] != [x.token_id for x in rows[1]]
+    # seeds=None keeps the one seed for every row
+    same = list(zip(*core.generate_many(tiny, prompt, [t1, t1], 6, seed=5, stop_at_eos=False)))
+    assert [x.uniform for x in same[0]] == [x.uniform for x in same[1]] == [x.uniform for x in rows[0][:6]]
+    with pytest.raises(ValueError, match="seeds has 1 values for 2 configs"):
+        next(core.generate_many(tiny, prompt, [t1, t1], 3, seeds=[1]))
+
+
 def test_shared_model_is_thread_safe(tiny):
     cfg = core.SamplingConfig(temperature=1.0, seed=11)
     expected = {p: _text(tiny, cfg, p, 20) for p in ("one two", "three four", "five six", "seven")}

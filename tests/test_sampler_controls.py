@@ -111,3 +111,23 @@ def test_custom_order_and_a_bad_setting_show_messages_not_tracebacks(open_page):
     app.selectbox(key="order_preset").set_value("transformers").run()
     assert not app.exception and not app.sidebar.error
     assert "token id 999999 is outside this model's vocabulary" in plain(app.error[0].value)
+
+
+def test_dry_breakers_text_round_trip_and_errors():
+    assert controls.breakers_text(core.samplers.DEFAULT_DRY_BREAKERS) == r'\n, :, ", *'
+    for breakers in [core.samplers.DEFAULT_DRY_BREAKERS, ("a, b", " x ", "\\", ",", "  ", "\t"), ()]:
+        assert controls.parse_breakers(controls.breakers_text(breakers)) == breakers
+    assert controls.parse_breakers(r" \n ,, :,  ") == ("\n", ":")           # spaces around, empty entries dropped
+    with pytest.raises(ValueError, match=r"unknown escape '\\\\q'"):
+        controls.parse_breakers(r"\q")
+    state = {"dry_multiplier": 0.8, "dry_breakers_text": r"\n, the"}
+    assert controls.current_settings(state).sampling.dry_sequence_breakers == ("\n", "the")
+    assert "unknown escape" in controls.current_settings({"dry_breakers_text": "\\"}).error
+
+
+def test_more_samplers_with_a_prefix_reads_that_column_only():
+    state = {"c1_rep_penalty": 1.4, "rep_penalty": 1.1, "c1_logit_bias_text": "3:1", "c1_order_preset": "vllm"}
+    fields = controls.more_samplers(state, "c1_")
+    assert (fields["repetition_penalty"], fields["logit_bias"], fields["order"]) == (1.4, ((3, 1.0),), "vllm")
+    assert controls.more_samplers(state)["repetition_penalty"] == 1.1
+    assert controls.logit_bias_text(((198, -5.0), (13, 2.5))) == "198:-5, 13:2.5"

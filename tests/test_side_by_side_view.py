@@ -245,3 +245,25 @@ def test_order_comparison_charts_differ_and_penalty_sees_the_prompt() -> None:
     p_with = core.probabilities(BOOK_LOGITS, with_rep, **req)
     p_without = core.probabilities(BOOK_LOGITS, without, **view.column_request(without, [FORWARD], None))
     assert p_with[FORWARD] < p_without[FORWARD]   # the prompt's own token is penalised
+
+
+def test_draw_counts_per_row_seeds() -> None:
+    row = torch.softmax(torch.tensor([1.0, 0.5, 0.2, 0.0]), -1)
+    same = view.draw_counts([row, row], seed=5)
+    assert torch.equal(same[0], same[1])                                 # one seed: the same numbers
+    mixed = view.draw_counts([row, row, row], seed=5, seeds=[None, 6, 5])
+    assert torch.equal(mixed[0], same[0]) and torch.equal(mixed[2], same[0])
+    assert torch.equal(mixed[1], view.draw_counts([row], seed=6)[0]) and not torch.equal(mixed[1], same[0])
+
+
+def test_steps_table_shows_each_columns_number_when_seeds_differ() -> None:
+    def step(u: float, tid: int) -> core.Step:
+        return core.Step(index=0, token_id=tid, text="x", prob=0.5, raw_prob=0.5, rank=1, entropy=1.0,
+                         raw_entropy=1.0, top_before=(), top_after=(), uniform=u, prompt_tokens=1, truncated=0)
+
+    run = view.GenerationRun.start(("k",), ["a", "b"]).add([step(0.25, 1), step(0.25, 2)])
+    assert view.shared_uniforms(run) and view.RANDOM_COLUMN in view.steps_table(run).columns
+    run = view.GenerationRun.start(("k",), ["a", "b"]).add([step(0.25, 1), step(0.75, 2)])
+    table = view.steps_table(run)
+    assert not view.shared_uniforms(run) and view.RANDOM_COLUMN not in table.columns
+    assert table["b"].tolist() == ["x  (50.0%)  u = 0.7500"]

@@ -127,19 +127,71 @@ def parse_logit_bias(text: str) -> tuple[tuple[int, float], ...]:
     return tuple(pairs)
 
 
-def order_setting(state: Mapping) -> str | tuple[str, ...]:
+def logit_bias_text(bias: tuple[tuple[int, float], ...]) -> str:
+    """The text parse_logit_bias reads back: "198:-5, 13:2.5"."""
+    return ", ".join(f"{token}:{value:g}" for token, value in bias)
+
+
+_ESCAPE = {"\n": r"\n", "\t": r"\t", "\r": r"\r", "\\": "\\\\", ",": r"\,"}
+_UNESCAPE = {"n": "\n", "t": "\t", "r": "\r", "s": " ", "\\": "\\", ",": ","}
+
+
+def breakers_text(breakers: tuple[str, ...]) -> str:
+    """DRY's sequence breakers as one line: comma-separated; newline \n, tab \t, comma \, backslash \\,
+    and a space at either end of a breaker \s."""
+    def one(b: str) -> str:
+        text = "".join(_ESCAPE.get(ch, ch) for ch in b)
+        lead, tail = len(text) - len(text.lstrip(" ")), len(text) - len(text.rstrip(" "))
+        return r"\s" * lead + text.strip(" ") + r"\s" * tail if text.strip(" ") else r"\s" * len(text)
+    return ", ".join(one(b) for b in breakers)
+
+
+def parse_breakers(text: str) -> tuple[str, ...]:
+    """breakers_text read back ("\n, :, \", *" -> ("\n", ":", '"', "*")); spaces around an entry are
+    dropped, empty entries skipped; ValueError quoting an unknown escape."""
+    entries: list[list[tuple[str, bool]]] = [[]]   # (character, escaped)
+    chars = iter(text)
+    for ch in chars:
+        if ch == "\\":
+            nxt = next(chars, "")
+            if nxt not in _UNESCAPE:
+                bad = "\\" + nxt
+                raise ValueError(f"DRY sequence breakers: unknown escape {bad!r} "
+                                 r"(write \n, \t, \r, \s for a space, \, or \\)")
+            entries[-1].append((_UNESCAPE[nxt], True))
+        elif ch == ",":
+            entries.append([])
+        else:
+            entries[-1].append((ch, False))
+    out = []
+    for entry in entries:
+        while entry and entry[0][0].isspace() and not entry[0][1]:
+            entry.pop(0)
+        while entry and entry[-1][0].isspace() and not entry[-1][1]:
+            entry.pop()
+        if entry:
+            out.append("".join(ch for ch, _ in entry))
+    return tuple(out)
+
+
+def order_setting(state: Mapping, prefix: str = "") -> str | tuple[str, ...]:
     """The order picker's value: a preset name, or the custom stages in the order they were picked."""
-    preset = state.get("order_preset", "transformers")
+    preset = state.get(f"{prefix}order_preset", "transformers")
     if preset != "custom":
         return preset
-    return tuple(state.get("order_custom", core.ORDERS["transformers"]))
+    return tuple(state.get(f"{prefix}order_custom", core.ORDERS["transformers"]))
 
 
-def more_samplers(state: Mapping) -> dict[str, object]:
-    """The SamplingConfig fields beyond the basic four, from the sidebar's keys (ValueError on bad text)."""
-    fields: dict[str, object] = {name: type(neutral)(state.get(key, neutral)) for key, (name, neutral) in MORE.items()}
-    fields["logit_bias"] = parse_logit_bias(state.get("logit_bias_text", ""))
-    fields["order"] = order_setting(state)
+def more_samplers(state: Mapping, prefix: str = "") -> dict[str, object]:
+    """The SamplingConfig fields beyond the basic four, from the keys sampler_widgets(prefix) drew
+    (the sidebar's: no prefix); ValueError on text that does not parse."""
+    fields: dict[str, object] = {name: type(neutral)(state.get(prefix + key, neutral))
+                                 for key, (name, neutral) in MORE.items()}
+    fields["logit_bias"] = parse_logit_bias(state.get(f"{prefix}logit_bias_text", ""))
+    breakers = state.get(f"{prefix}dry_breakers_text")
+    if breakers is not None:
+        fields["dry_sequence_breakers"] = parse_breakers(breakers)
+    fields["order"] = order_setting(state, prefix)
     return fields
 
 
@@ -180,7 +232,7 @@ def render_sidebar() -> Settings:
               help="Drop tokens less likely than min-p × the top token's probability. 0 = off.")
     sb.number_input("Seed", min_value=0, max_value=2**31 - 1, value=DEFAULT_SEED, step=1, key="seed")
     _more_samplers(sb)
-    _order_picker(sb)
+    order_widgets(sb)
     s = current_settings()
     if s.error:
         # core's message quotes what the user typed: shown literally
@@ -214,54 +266,70 @@ def engine_summary(lm: core.LanguageModel) -> str:
     return f"Connected: {lm.name} ({lm.engine.client.info().engine}); it reports {reports}."
 
 
+def sampler_widgets(prefix: str = "", cfg: core.SamplingConfig | None = None) -> None:
+    """Penalties, bias, typical-p, top-nσ, XTC and DRY, drawn where the caller is (the sidebar's "More
+    samplers", a Compare column's editor), keyed prefix + name, starting at cfg's values (default: off).
+    more_samplers(state, prefix) reads them back."""
+    c = cfg or core.SamplingConfig()
+    st.slider("Repetition penalty (1 = off)", 1.0, 2.0, c.repetition_penalty, 0.05, key=f"{prefix}rep_penalty",
+              help="Tokens already in the text: positive logits are divided by it, negative ones "
+                   "multiplied (transformers, llama.cpp). 1.1–1.3 is common.")
+    st.slider("Presence penalty (0 = off)", -2.0, 2.0, c.presence_penalty, 0.1, key=f"{prefix}presence_penalty",
+              help="Subtracted once from the logit of every token already in the text (OpenAI).")
+    st.slider("Frequency penalty (0 = off)", -2.0, 2.0, c.frequency_penalty, 0.1, key=f"{prefix}frequency_penalty",
+              help="Subtracted from a token's logit once per time it already appeared (OpenAI).")
+    st.number_input("Penalties look back this many tokens (-1 = all)", min_value=-1, max_value=100_000,
+                    value=c.penalty_last_n, step=1, key=f"{prefix}penalty_last_n",
+                    help="llama.cpp's penalty_last_n; 0 = none.")
+    st.text_input("Logit bias (token id:value, …)", logit_bias_text(c.logit_bias), key=f"{prefix}logit_bias_text",
+                  placeholder="e.g. 198:-5, 13:2",
+                  help="Added to those tokens' logits before anything else: -100 all but bans a token. "
+                       "The token ids are in the Next-token table.")
+    st.slider("Typical-p (1 = off)", 0.01, 1.0, c.typical_p, 0.01, key=f"{prefix}typical_p",
+              help="Keep the tokens whose surprise is closest to the average surprise, until they "
+                   "hold this much probability (Meister et al.).")
+    st.slider("Top-nσ (0 = off)", 0.0, 5.0, max(0.0, c.top_n_sigma), 0.1, key=f"{prefix}top_n_sigma",
+              help="Keep the tokens whose logit is within n standard deviations of the best one.")
+    st.slider("XTC probability (0 = off)", 0.0, 1.0, c.xtc_probability, 0.05, key=f"{prefix}xtc_probability",
+              help="Exclude Top Choices: with this chance per token, drop every token above the "
+                   "threshold except the least likely of them, so the obvious choice gives way.")
+    st.slider("XTC threshold", 0.0, 0.5, c.xtc_threshold, 0.01, key=f"{prefix}xtc_threshold")
+    st.slider("DRY multiplier (0 = off)", 0.0, 2.0, c.dry_multiplier, 0.05, key=f"{prefix}dry_multiplier",
+              help="Don't Repeat Yourself: penalise the token that would extend a repeat of "
+                   "earlier text; the penalty grows with the repeat's length. 0.8 is common.")
+    st.slider("DRY base", 1.0, 3.0, c.dry_base, 0.05, key=f"{prefix}dry_base")
+    st.number_input("DRY allowed length", min_value=0, max_value=50, value=c.dry_allowed_length, step=1,
+                    key=f"{prefix}dry_allowed_length", help="Repeats up to this many tokens are free.")
+    st.text_input("DRY sequence breakers", breakers_text(c.dry_sequence_breakers), key=f"{prefix}dry_breakers_text",
+                  # help is Markdown: "\\," shows as "\,"
+                  help=r"A repeat never reaches back past one of these. Comma-separated; write a newline as \n, "
+                       r"a comma as \\, and a space at either end as \s. llama.cpp's default: \n, :, \", *")
+
+
 def _more_samplers(sb: DeltaGenerator) -> None:
-    """Penalties, bias, typical-p, top-nσ, XTC and DRY: each off at its starting value."""
+    """The sidebar's "More samplers": each off at its starting value."""
     with sb.expander("More samplers"):
         st.caption("Each starts switched off. Penalties and DRY look at the text so far (prompt + appended "
                    "tokens) and push down tokens that would repeat it.")
-        st.slider("Repetition penalty (1 = off)", 1.0, 2.0, 1.0, 0.05, key="rep_penalty",
-                  help="Tokens already in the text: positive logits are divided by it, negative ones "
-                       "multiplied (transformers, llama.cpp). 1.1–1.3 is common.")
-        st.slider("Presence penalty (0 = off)", -2.0, 2.0, 0.0, 0.1, key="presence_penalty",
-                  help="Subtracted once from the logit of every token already in the text (OpenAI).")
-        st.slider("Frequency penalty (0 = off)", -2.0, 2.0, 0.0, 0.1, key="frequency_penalty",
-                  help="Subtracted from a token's logit once per time it already appeared (OpenAI).")
-        st.number_input("Penalties look back this many tokens (-1 = all)", min_value=-1, max_value=100_000,
-                        value=-1, step=1, key="penalty_last_n", help="llama.cpp's penalty_last_n; 0 = none.")
-        st.text_input("Logit bias (token id:value, …)", key="logit_bias_text", placeholder="e.g. 198:-5, 13:2",
-                      help="Added to those tokens' logits before anything else: -100 all but bans a token. "
-                           "The token ids are in the Next-token table.")
-        st.slider("Typical-p (1 = off)", 0.01, 1.0, 1.0, 0.01, key="typical_p",
-                  help="Keep the tokens whose surprise is closest to the average surprise, until they "
-                       "hold this much probability (Meister et al.).")
-        st.slider("Top-nσ (0 = off)", 0.0, 5.0, 0.0, 0.1, key="top_n_sigma",
-                  help="Keep the tokens whose logit is within n standard deviations of the best one.")
-        st.slider("XTC probability (0 = off)", 0.0, 1.0, 0.0, 0.05, key="xtc_probability",
-                  help="Exclude Top Choices: with this chance per token, drop every token above the "
-                       "threshold except the least likely of them, so the obvious choice gives way.")
-        st.slider("XTC threshold", 0.0, 0.5, 0.1, 0.01, key="xtc_threshold")
-        st.slider("DRY multiplier (0 = off)", 0.0, 2.0, 0.0, 0.05, key="dry_multiplier",
-                  help="Don't Repeat Yourself: penalise the token that would extend a repeat of "
-                       "earlier text; the penalty grows with the repeat's length. 0.8 is common.")
-        st.slider("DRY base", 1.0, 3.0, 1.75, 0.05, key="dry_base")
-        st.number_input("DRY allowed length", min_value=0, max_value=50, value=2, step=1, key="dry_allowed_length",
-                        help="Repeats up to this many tokens are free. Sequence breakers: newline, "
-                             "':', '\"' and '*' (llama.cpp's defaults).")
+        sampler_widgets()
 
 
-def _order_picker(sb: DeltaGenerator) -> None:
-    """Which order the stages run in: an engine's, or one the user picks stage by stage."""
-    preset = sb.selectbox("Order of the stages", ORDER_CHOICES, key="order_preset",
-                          format_func=lambda o: "custom…" if o == "custom" else o,
-                          help="transformers and vLLM apply temperature before the filters; llama.cpp "
-                               "applies it last, after them.")
+def order_widgets(where: DeltaGenerator, prefix: str = "", order: str | tuple[str, ...] = "transformers") -> None:
+    """Which order the stages run in: an engine's, or one the user picks stage by stage (keys prefix +
+    "order_preset" / "order_custom", read by order_setting(state, prefix))."""
+    preset = where.selectbox("Order of the stages", ORDER_CHOICES, key=f"{prefix}order_preset",
+                             index=ORDER_CHOICES.index(order if isinstance(order, str) else "custom"),
+                             format_func=lambda o: "custom…" if o == "custom" else o,
+                             help="transformers and vLLM apply temperature before the filters; llama.cpp "
+                                  "applies it last, after them.")
     if preset == "custom":
-        sb.multiselect("Stages, in the order they run", core.STAGE_NAMES, default=list(core.ORDERS["transformers"]),
-                       key="order_custom", help="Remove stages and add them back in the order you want; a "
-                                                "stage whose setting is on must be in the list.")
-    order = order_setting(st.session_state)
-    sb.caption(" → ".join(core.ORDERS[order] if isinstance(order, str) else order) or "no stages")
-    sb.caption(rules_text(order))
+        where.multiselect("Stages, in the order they run", core.STAGE_NAMES,
+                          default=list(order if isinstance(order, tuple) else core.ORDERS["transformers"]),
+                          key=f"{prefix}order_custom", help="Remove stages and add them back in the order you want; "
+                                                           "a stage whose setting is on must be in the list.")
+    chosen = order_setting(st.session_state, prefix)
+    where.caption(" → ".join(core.ORDERS[chosen] if isinstance(chosen, str) else chosen) or "no stages")
+    where.caption(rules_text(chosen))
 
 
 def settings() -> Settings:

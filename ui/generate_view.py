@@ -9,16 +9,20 @@ import dataclasses
 import json
 import math
 import secrets
-from collections.abc import Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 
 import pandas as pd
+import torch
+from torch import Tensor
 import plotly.graph_objects as go
 from plotly.colors import sample_colorscale
 from plotly.subplots import make_subplots
 
 import core
 from core import Candidate, SamplingConfig, Step
+from ui import branches
+from ui.branches import Branch
 from ui.format import escape_html, fmt_prob, plural, prompt_display, show_token, visible_text
 
 RUN_FORMAT = "sampling-lab-run"
@@ -57,6 +61,7 @@ class Run:
     status: str = "running"         # "running", "done", "stopped" (Stop button), "interrupted" (other rerun)
     stop_at_eos: bool = True        # False: generation went on past the end-of-text token
     eos_ids: tuple[int, ...] = ()   # the model's end-of-text token ids
+    branches: tuple[Branch, ...] = ()  # explored from an alternative token (ui.branches; 0 = this run)
     # How this session came by the run: not saved in the run file, not part of its identity.
     origin: str | None = dataclasses.field(default=None, compare=False)      # the replayed file's name
     origin_id: str | None = dataclasses.field(default=None, compare=False)   # that upload's id: read it once
@@ -75,6 +80,13 @@ class Run:
 
     def add(self, step: Step) -> Run:
         return dataclasses.replace(self, steps=(*self.steps, step))
+
+    def path(self, b: int) -> tuple[Step, ...]:
+        """Branch b's tokens (0 = the original run's steps)."""
+        return branches.path(self.steps, self.branches, b)
+
+    def with_branches(self, tree: tuple[Branch, ...]) -> Run:
+        return dataclasses.replace(self, branches=tree)
 
     def with_status(self, status: str) -> Run:
         return dataclasses.replace(self, status=status)
@@ -101,13 +113,93 @@ def request(state: MutableMapping, command: str, new_seed: bool = False) -> None
 
 def take_command(state: MutableMapping) -> str | None:
     """Once at the top of each page run: settle a run that a rerun cut short ("stopped" after Stop,
-    "interrupted" after any other rerun) and return "generate" when Generate was pressed."""
+    "interrupted" after any other rerun) and return "generate" or "branch" when one was asked for."""
     command = state.get(COMMAND_KEY)
     state[COMMAND_KEY] = None
     run = state.get(RUN_KEY)
     if run is not None and run.status == "running":
         state[RUN_KEY] = run.with_status("stopped" if command == "stop" else "interrupted")
-    return command if command == "generate" else None
+    return command if command in ("generate", "branch") else None
+
+
+# --- branches and the token inspector: which branch is shown, which token is inspected ----------
+
+BRANCH_KEY = "gen_branch_request"   # session_state: (run number, parent branch, position, token id)
+
+
+def view_key(run: Run) -> str:
+    """The "Show" selectbox: the branch on screen (0 = the original)."""
+    return f"gen_view_{run.number}"
+
+
+def inspect_branch_key(run: Run) -> str:
+    """The branch whose token the inspector shows (the one shown or the text it split from)."""
+    return f"gen_inspect_branch_{run.number}"
+
+
+def inspect_key(run: Run, b: int) -> str:
+    """The inspector's token selectbox for branch b (a click on a token sets it)."""
+    return f"gen_inspect_{run.number}" + (f"_{b}" if b else "")
+
+
+def take_pick(state: MutableMapping, b: int, key: str) -> None:
+    """A token was clicked in branch b's text (the component keyed `key`): inspect it. A callback, so the
+    text redraws with the token marked in the same rerun."""
+    run = state.get(RUN_KEY)
+    picked = (state.get(key) or {}).get("pick")
+    if run is None or not isinstance(picked, int) or isinstance(picked, bool) or not 0 <= picked < len(run.path(b)):
+        return
+    state[inspect_branch_key(run)] = b
+    state[inspect_key(run, b)] = picked
+
+
+def request_branch(state: MutableMapping, run: Run, parent: int, at: int, token_id: int) -> None:
+    """Button callback: ask the next page run to branch from (parent, at) with that token."""
+    state[COMMAND_KEY] = "branch"
+    state[BRANCH_KEY] = (run.number, parent, at, token_id)
+
+
+def show_branch(state: MutableMapping, run: Run, b: int) -> None:
+    """Put branch b on screen, its first own token in the inspector."""
+    state[view_key(run)] = b
+    state[inspect_branch_key(run)] = b
+    state[inspect_key(run, b)] = run.branches[b - 1].at if b else None
+
+
+def forced(run: Run, b: int, i: int) -> bool:
+    """Whether token i of branch b is one a user chose (a branch's first token), not a draw."""
+    while b:
+        br = run.branches[b - 1]
+        if i == br.at:
+            return True
+        if i > br.at:
+            return False
+        b = br.parent
+    return False
+
+
+def choice_rank(run: Run, parent: int, at: int, token_id: int, logits: Callable[[], Tensor]) -> int:
+    """The chosen token's rank under the raw logits: from the recorded top list, else from `logits()`."""
+    rank = branches.rank_among(run.path(parent)[at], token_id)
+    return rank if rank is not None else int(core.sampling.rank_of(logits(), torch.tensor(token_id)))
+
+
+def start_branch(run: Run, parent: int, at: int, token_id: int, rank: int) -> tuple[Run, int, int]:
+    """(the run with a new branch taking token_id at (parent, at), its number, tokens left to generate:
+    what the run's limit leaves, 0 when the chosen token ends the text)."""
+    step = run.path(parent)[at]
+    choice = next((c for c in branches.alternatives(step) if c.token_id == token_id), None)
+    if choice is None:
+        raise ValueError(f"token {token_id} is not among the alternatives recorded at #{at + 1}")
+    remaining = run.max_new_tokens - (at + 1)
+    finished = "eos" if run.stop_at_eos and token_id in run.eos_ids else ("length" if remaining <= 0 else None)
+    tree = branches.add_branch(run.branches, parent, branches.choice_step(step, choice, rank, finished))
+    return run.with_branches(tree), len(tree), 0 if finished else remaining
+
+
+def branch_run(run: Run, b: int) -> Run:
+    """Branch b as a run of its own (for the streaming view and the chart)."""
+    return dataclasses.replace(run, steps=run.path(b), branches=())
 
 
 def import_upload(state: MutableMapping, file_id: str, name: str, data: bytes) -> None:
@@ -155,8 +247,7 @@ def step_prob(step: Step, colour_by: str) -> float:
 
 # --- HTML ----------------------------------------------------------------------------------------
 
-_STYLE = """<style>
-.sl-gen{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:1rem;line-height:2.1;
+TOKEN_CSS = """.sl-gen{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:1rem;line-height:2.1;
  white-space:pre-wrap;word-break:break-word;padding:.75rem 1rem;border:1px solid rgba(128,128,128,.35);
  border-radius:.5rem}
 .sl-prompt{opacity:.6}
@@ -170,7 +261,8 @@ _STYLE = """<style>
 .sl-bar{display:inline-block;width:12rem;height:.8rem;border-radius:.2rem;vertical-align:middle}
 .sl-ticks{display:inline-flex;justify-content:space-between;width:12rem;font-size:.7rem;opacity:.8}
 .sl-band{text-decoration-line:underline;text-decoration-thickness:2px;text-underline-offset:4px}
-</style>"""
+"""
+_STYLE = f"<style>{TOKEN_CSS}</style>"
 
 
 def token_display(text: str) -> str:
@@ -191,12 +283,15 @@ def step_title(step: Step, colour_by: str = "sampled", n_alternatives: int = 5) 
     return "\n".join(lines)
 
 
+END_NOTE = "\nThe model's end-of-text token: generation went on past it."
+
+
 def token_span(step: Step, colour_by: str = "sampled", end: bool = False) -> str:
     """One token; `end` marks the model's end-of-text token (a run that went on past it)."""
     p = step_prob(step, colour_by)
     bg, fg = colours_of(p)
     style = BANDS[band_of(p)][2]
-    title = step_title(step, colour_by) + ("\nThe model's end-of-text token: generation went on past it." if end else "")
+    title = step_title(step, colour_by) + (END_NOTE if end else "")
     return (f'<span class="sl-tok{" sl-end" if end else ""}" data-step="{step.index + 1}" '
             f'style="background:{bg};color:{fg};text-decoration-style:{style};text-decoration-color:{fg}" '
             f'title="{escape_html(title)}">{escape_html(token_display(step.text))}</span>')
@@ -216,6 +311,24 @@ def tokens_html(run: Run, colour_by: str = "sampled", streaming: bool = False) -
         box = (f'<div class="sl-progress">Generating… {len(run.steps)} of at most {run.max_new_tokens} tokens '
                f'(press Stop to keep what is there)</div>{box}')
     return _STYLE + box
+
+
+def picker_data(prompt: str, mode: str, steps: Sequence[Step], colour_by: str = "sampled",
+                ends: set[int] | frozenset[int] = frozenset(), selected: int | None = None,
+                split: int | None = None) -> dict:
+    """What ui.token_picker draws: plain strings only (it sets them as text, never as HTML): the
+    prompt, each token's text, colours, underline and tooltip, the text to copy."""
+    tokens = []
+    for s in steps:
+        p = step_prob(s, colour_by)
+        bg, fg = colours_of(p)
+        end = s.token_id in ends
+        tokens.append({"i": s.index, "t": token_display(s.text), "bg": bg, "fg": fg, "u": BANDS[band_of(p)][2],
+                       "end": end, "tip": step_title(s, colour_by) + (END_NOTE if end else "")})
+    return {"prompt": prompt_display(prompt, mode), "tokens": tokens, "copy": "".join(s.text for s in steps),
+            "selected": -1 if selected is None else selected, "split": -1 if split is None else split,
+            "label": "Generated text: click or tap a token to inspect it",
+            "hint": "Click or tap a token to see what else the model considered."}
 
 
 def legend_html(colour_by: str = "sampled") -> str:
@@ -396,6 +509,8 @@ def run_to_dict(run: Run) -> dict:
         "eos_ids": list(run.eos_ids),
         "status": run.status, "finished": run.finished, "text": run.text,
         "steps": [dataclasses.asdict(s) for s in run.steps],
+        "branches": [{"parent": br.parent, "at": br.at, "steps": [dataclasses.asdict(s) for s in br.steps]}
+                     for br in run.branches],
     }
 
 
@@ -472,8 +587,8 @@ def _candidate(v: object, where: str) -> Candidate:
                      logit=_num(d, "logit", where))
 
 
-def _step(v: object, i: int) -> Step:
-    where = f"steps[{i}]"
+def _step(v: object, i: int, where: str | None = None) -> Step:
+    where = where or f"steps[{i}]"
     d = _dict(v, where)
     index = _int(d, "index", where)
     if index != i:
@@ -549,7 +664,24 @@ def parse_run(data: bytes | str) -> Run:
     text = _get(doc, "text", "run")
     if text != run.text:
         raise RunFormatError("the field 'text' does not match the tokens in 'steps' (was the file edited?)")
-    return run
+    # optional: files saved before branches existed have none
+    return run.with_branches(_branches(_list(doc.get("branches", []), "branches", branches.MAX_BRANCHES), steps))
+
+
+def _branches(items: list, steps: tuple[Step, ...]) -> tuple[Branch, ...]:
+    tree = []
+    for b, v in enumerate(items):
+        where = f"branches[{b}]"
+        d = _dict(v, where)
+        at = _int(d, "at", where)
+        tree.append(Branch(parent=_int(d, "parent", where), at=at, steps=tuple(
+            _step(s, at + k, f"{where}.steps[{k}]")
+            for k, s in enumerate(_list(_get(d, "steps", where), f"{where}.steps", MAX_STEPS)))))
+    try:
+        branches.check(steps, tree)
+    except ValueError as e:
+        raise RunFormatError(str(e)) from None
+    return tuple(tree)
 
 
 def new_run(lm: core.LanguageModel, model_label: str, prompt: str, mode: str, cfg: SamplingConfig,

@@ -23,6 +23,8 @@ N_DRAWS = 1000                                                     # the book's 
 RANDOM_COLUMN = "random number (same for every column)"
 # Why a column stopped early, in plain words (core's Step.finished; "length" is said once, in the status line).
 STOP_REASONS = {"eos": "stopped: the model wrote its end-of-text token"}
+SEEDS_SENTENCE = ("Columns with different seeds draw different random numbers, so their differences come from "
+                  "the settings and from luck; columns that share a seed share their numbers.")
 CRN_SENTENCE = ("Every column uses the same random number at each step (common random numbers), "
                 "so any difference between the columns comes from the settings, not from luck.")
 
@@ -76,17 +78,21 @@ def comparison_configs(comparison: str, seed: int | None) -> list[core.SamplingC
     return [core.SamplingConfig(seed=seed, **changes) for changes in COMPARISONS[comparison]]
 
 
-def setting_specs(configs: Sequence[core.SamplingConfig], edits: Sequence[dict[str, object]]) -> list[ColumnSpec]:
-    """One spec per column: its config with the user's edits (from "Edit this column"), named by its
-    settings; an edit core refuses gives the column a message naming the value instead of a config."""
+def setting_specs(configs: Sequence[core.SamplingConfig], edits: Sequence[dict[str, object] | str]) -> list[ColumnSpec]:
+    """One spec per column: its config with the user's edits (from "Edit this column"; a string: why
+    they could not be read), named by its settings (and its seed where the columns' seeds differ); an
+    edit core refuses gives the column a message naming the value instead of a config."""
     specs = []
     for i, (cfg, changes) in enumerate(zip(configs, edits)):
         try:
+            if isinstance(changes, str):
+                raise ValueError(changes)
             specs.append(ColumnSpec(i, cfg.temperature, "", cfg.replace(**changes)))
         except ValueError as e:
-            specs.append(ColumnSpec(i, float(changes.get("temperature", cfg.temperature)), "", None,
-                                    f"Column {i + 1}: {e}."))
-    titles = [settings_label(sp.config) if sp.config else f"column {sp.index + 1}" for sp in specs]
+            t = cfg.temperature if isinstance(changes, str) else float(changes.get("temperature", cfg.temperature))
+            specs.append(ColumnSpec(i, t, "", None, f"Column {i + 1}: {e}."))
+    seeded = len({sp.config.seed for sp in specs if sp.config}) > 1
+    titles = [settings_label(sp.config, seed=seeded) if sp.config else f"column {sp.index + 1}" for sp in specs]
     return [replace(sp, name=f"{title} (column {sp.index + 1})" if titles.count(title) > 1 else title)
             for sp, title in zip(specs, titles)]
 
@@ -101,7 +107,7 @@ def column_request(cfg: core.SamplingConfig, ids: Sequence[int], dry_breakers: t
 def setting_caption(seed: int | None) -> str:
     """What a ready-made comparison takes from the sidebar, in words."""
     return (f"Each column is a full setting, named above its chart; from the sidebar only the prompt and the "
-            f"seed ({seed}). Open \"Edit this column\" to change one.")
+            f"seed ({seed}). Open \"Edit this column\" to change any sampler, the order or the column's seed.")
 
 
 def filters_caption(cfg: core.SamplingConfig) -> str:
@@ -167,14 +173,15 @@ class GenerationRun:
     texts: tuple[tuple[str, ...], ...] = ()
     probs: tuple[tuple[float, ...], ...] = ()
     finished: tuple[str | None, ...] = ()
-    uniforms: tuple[float, ...] = ()
+    uniforms: tuple[float, ...] = ()                        # each step's number in the first column still going
+    column_uniforms: tuple[tuple[float, ...], ...] = ()    # each column's own (they differ where seeds do)
     complete: bool = False
     seconds: float = 0.0
 
     @classmethod
     def start(cls, key: tuple, names: Sequence[str]) -> GenerationRun:
         n = len(names)
-        return cls(key, tuple(names), ((),) * n, ((),) * n, ((),) * n, (None,) * n)
+        return cls(key, tuple(names), ((),) * n, ((),) * n, ((),) * n, (None,) * n, column_uniforms=((),) * n)
 
     def add(self, steps: Sequence[core.Step | None], seconds: float = 0.0) -> GenerationRun:
         """This run plus one step of generate_many (None marks a column that already finished)."""
@@ -186,7 +193,8 @@ class GenerationRun:
         return replace(self, ids=grow(self.ids, lambda st: st.token_id), texts=grow(self.texts, lambda st: st.text),
                        probs=grow(self.probs, lambda st: st.prob),
                        finished=tuple(f if st is None else st.finished for f, st in zip(self.finished, steps)),
-                       uniforms=(*self.uniforms, uniform), seconds=seconds or self.seconds)
+                       uniforms=(*self.uniforms, uniform), seconds=seconds or self.seconds,
+                       column_uniforms=grow(self.column_uniforms, lambda st: st.uniform))
 
     def done(self) -> GenerationRun:
         return replace(self, complete=True)
@@ -267,23 +275,35 @@ def run_status(run: GenerationRun, max_new: int) -> str:
     return f"{head} {divergence_caption(run)}".strip()
 
 
+def shared_uniforms(run: GenerationRun) -> bool:
+    """Whether every column drew with the same number at each step (one seed: common random numbers)."""
+    return all(us == run.uniforms[:len(us)] for us in run.column_uniforms)
+
+
 def steps_table(run: GenerationRun) -> pd.DataFrame:
-    """Step by step: the shared random number and what each column drew with it."""
-    data: dict[str, list] = {"step": list(range(1, run.steps + 1)),
-                             RANDOM_COLUMN: [round(u, 4) for u in run.uniforms]}
-    for name, texts, probs in zip(run.names, run.texts, run.probs):
-        cells = [f"{show_token(t)}  ({fmt_prob(p)})" for t, p in zip(texts, probs)]
+    """Step by step: the shared random number and what each column drew with it (each column's own
+    number in its cells where the columns' seeds differ)."""
+    data: dict[str, list] = {"step": list(range(1, run.steps + 1))}
+    shared = shared_uniforms(run)
+    if shared:
+        data[RANDOM_COLUMN] = [round(u, 4) for u in run.uniforms]
+    for name, texts, probs, us in zip(run.names, run.texts, run.probs, run.column_uniforms):
+        cells = [f"{show_token(t)}  ({fmt_prob(p)})" + ("" if shared else f"  u = {u:.4f}")
+                 for t, p, u in zip(texts, probs, us)]
         data[name] = cells + ["(ended)"] * (run.steps - len(cells))
     return pd.DataFrame(data)
 
 
 # --- the book's experiment: 1,000 draws --------------------------------------------------------
 
-def draw_counts(prob_rows: Sequence[Tensor], seed: int | None, n: int = N_DRAWS) -> list[Tensor]:
-    """n draws from each distribution with one seeded generator and the same n uniforms for every row
-    (common random numbers again); returns per-row bincounts over the vocabulary."""
-    uniforms = core.sampling.draw_uniform(core.make_generator(seed), n)
-    return [torch.bincount(core.sample(p, uniform=uniforms), minlength=p.shape[-1]) for p in prob_rows]
+def draw_counts(prob_rows: Sequence[Tensor], seed: int | None, n: int = N_DRAWS,
+                seeds: Sequence[int | None] | None = None) -> list[Tensor]:
+    """n draws from each distribution, the n uniforms drawn from its seed (`seeds`, one per row; default
+    `seed` for all): rows with one seed share the same numbers (common random numbers again). Returns
+    per-row bincounts over the vocabulary."""
+    rows = [seed if r is None else r for r in (seeds or [seed] * len(prob_rows))]
+    uniforms = {r: core.sampling.draw_uniform(core.make_generator(r), n) for r in set(rows)}   # None: one random seed
+    return [torch.bincount(core.sample(p, uniform=uniforms[r]), minlength=p.shape[-1]) for p, r in zip(prob_rows, rows)]
 
 
 def counts_table(counts: Sequence[Tensor], names: Sequence[str], logits: Tensor,

@@ -74,3 +74,18 @@ def wait_idle(page, timeout: float = 60_000) -> None:
     """Wait until the script run finished and no skeleton placeholder is left."""
     page.wait_for_selector("[data-testid='stApp'][data-test-script-state='notRunning']", timeout=timeout)
     page.wait_for_function("() => !document.querySelector(\"[data-testid='stSkeleton']\")", timeout=timeout)
+
+
+def open_with_prompt(page, app_url: str, title: str, prompt: str) -> None:
+    """Arrive the way a user does: the home page, then the sidebar link; then type the prompt."""
+    from playwright.sync_api import expect
+
+    page.goto(app_url)
+    wait_idle(page, 180_000)
+    page.locator("[data-testid='stSidebarNav'] a", has_text=title).click()
+    expect(page.get_by_role("heading", name=title)).to_be_visible(timeout=60_000)
+    wait_idle(page)
+    box = page.locator("[data-testid='stSidebar'] textarea").first
+    box.fill(prompt)
+    box.press("Control+Enter")
+    wait_idle(page)

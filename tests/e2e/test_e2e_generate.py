@@ -10,7 +10,7 @@ import time
 import pytest
 from playwright.sync_api import Page, expect
 
-from conftest import wait_idle
+from conftest import open_with_prompt, wait_idle
 from ui import generate_view as gv
 
 PROMPT = "Once upon a time, in a small village,"   # seed 123, T=1: 30+ tokens before an end-of-text
@@ -20,16 +20,7 @@ TOKENS = "[data-testid='stMain'] .sl-tok"
 @pytest.fixture
 def gen_page(page: Page, app_url: str) -> Page:
     page.set_viewport_size({"width": 1400, "height": 1000})
-    # Arrive the way a user does: the home page, then the sidebar link.
-    page.goto(app_url)
-    wait_idle(page, 180_000)
-    page.get_by_role("link", name="Generate").click()
-    expect(page.get_by_role("heading", name="Generate")).to_be_visible(timeout=60_000)
-    wait_idle(page)
-    prompt = page.locator("[data-testid='stSidebar'] textarea").first
-    prompt.fill(PROMPT)
-    prompt.press("Control+Enter")
-    wait_idle(page)
+    open_with_prompt(page, app_url, "Generate", PROMPT)
     return page
 
 

@@ -160,6 +160,8 @@ def element_texts(el: Any) -> list[str]:
         return [sub.body]
     if kind == "code":
         return [sub.code_text]
+    if kind == "bidi_component":   # a components v2 element: the JSON data it was given
+        return [sub.json if sub.WhichOneof("data") == "json" else sub.mixed.json]
     if kind == "alert":
         return [t for t in (sub.title, sub.body) if t]
     if kind == "exception":
