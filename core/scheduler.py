@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor
 
 from .backends import Backend
@@ -29,13 +30,13 @@ from .models import KVCache
 
 
 class Busy(RuntimeError):
-    """The model is serving as many generations as it may, and the queue is full or too slow;
-    `ahead` requests are ahead of this one."""
+    """The model serves as many rows as it may and the queue is full (or room did not come in time):
+    `ahead` requests (generating, or waiting before this one) are ahead of this one."""
 
-    def __init__(self, ahead: int, reason: str) -> None:
-        super().__init__(f"the model is busy ({reason}): {ahead} request{'s' * (ahead != 1)} ahead of you; "
-                         f"try again in a moment")
-        self.ahead = ahead
+    def __init__(self, generating: int, waiting: int, why: str) -> None:
+        self.ahead = generating + waiting
+        super().__init__(f"the model is busy: {self.ahead} request{'s' * (self.ahead != 1)} ahead of you "
+                         f"({generating} generating, {waiting} waiting; {why}). Try again in a moment.")
 
 
 @dataclass(frozen=True)
@@ -110,7 +111,7 @@ class StepScheduler:
                 self._admit(ticket)
                 return ticket
             if len(self._waiting) >= c.max_waiting:
-                raise Busy(len(self._waiting) + len(self._joined), f"{self._rows} rows generating, queue full")
+                raise Busy(len(self._joined), len(self._waiting), "the queue is full")
             self._waiting.append(ticket)
             deadline = time.monotonic() + c.wait_s
             while not ticket.joined:
@@ -119,7 +120,7 @@ class StepScheduler:
                     ahead = self._waiting.index(ticket)
                     self._waiting.remove(ticket)
                     self._admit_waiting()  # a large request gave up: smaller ones behind may fit
-                    raise Busy(ahead + len(self._joined), f"{self._rows} rows generating, waited {c.wait_s:g} s")
+                    raise Busy(len(self._joined), ahead, f"no room within {c.wait_s:g} s")
                 self._cond.wait(left)
         return ticket
 
@@ -181,7 +182,8 @@ class StepScheduler:
     def _run(self) -> None:
         while (batch := self._take()) is not None:
             try:
-                results = self.engine.step_many([(p.tokens, p.state) for p in batch])
+                with torch.inference_mode():  # thread-local: the requests' own threads run in it too
+                    results = self.engine.step_many([(p.tokens, p.state) for p in batch])
             except Exception as e:  # noqa: BLE001 - step_many hands out per-request errors; this is a bug there
                 results = [e] * len(batch)
             self.batches += 1
