@@ -19,7 +19,7 @@ from plotly.subplots import make_subplots
 
 import core
 from core import Candidate, SamplingConfig, Step
-from ui.format import escape_html, fmt_prob, plural, prompt_display, show_token, visible_text
+from ui.format import busy_note, escape_html, fmt_prob, plural, prompt_display, show_token, visible_text
 
 RUN_FORMAT = "sampling-lab-run"
 RUN_VERSION = 1
@@ -54,7 +54,8 @@ class Run:
     sampling: SamplingConfig        # seed included
     max_new_tokens: int
     steps: tuple[Step, ...] = ()
-    status: str = "running"         # "running", "done", "stopped" (Stop button), "interrupted" (other rerun)
+    status: str = "running"         # "running", "done", "stopped" (Stop button), "interrupted" (other rerun),
+    #                                 "busy" (core.Busy: the shared model had no room; nothing generated)
     stop_at_eos: bool = True        # False: generation went on past the end-of-text token
     eos_ids: tuple[int, ...] = ()   # the model's end-of-text token ids
     # How this session came by the run: not saved in the run file, not part of its identity.
@@ -63,6 +64,7 @@ class Run:
     asked_mode: str | None = dataclasses.field(default=None, compare=False)  # the sidebar's mode ("chat" runs
     # as "raw" on a model without a template)
     number: int = dataclasses.field(default=0, compare=False)  # this session's runs: the inspector resets per run
+    ahead: int = dataclasses.field(default=0, compare=False)   # a "busy" run: requests ahead of it then
 
     @property
     def text(self) -> str:
@@ -78,6 +80,10 @@ class Run:
 
     def with_status(self, status: str) -> Run:
         return dataclasses.replace(self, status=status)
+
+    def busy(self, ahead: int) -> Run:
+        """This run, turned away by core.Busy with `ahead` requests ahead of it."""
+        return dataclasses.replace(self, status="busy", ahead=ahead)
 
     @property
     def end_tokens(self) -> list[int]:
@@ -246,6 +252,8 @@ def status_note(run: Run) -> tuple[str, str]:
                            "the tokens so far are kept below. Press Generate to run again.")
     if run.status == "running":
         return "info", f"Generating… {tokens} so far."
+    if run.status == "busy":
+        return "warning", busy_note(run.ahead)
     if run.finished == "eos":
         note = (f"Finished: the model wrote its end-of-text token after {tokens}, which means it considers the "
                 "text complete.")
