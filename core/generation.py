@@ -130,6 +130,8 @@ def generate_many(lm: LanguageModel, prompt: str | Sequence[int], configs: Seque
                     prompt_state, state = state, state.repeat_batch(b)
                     lm.prefixes.put(ids, prompt_state)
                 logits = logits.expand(b, -1)
+                if ticket is not None:
+                    ticket.prompt_read()
                 whole = b == 1
             for step in range(max_new):
                 if not use_cache:  # the tutorial's loop: re-read the whole sequence every token

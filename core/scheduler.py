@@ -62,10 +62,15 @@ class Ticket:
 
     def __init__(self, scheduler: StepScheduler, rows: int) -> None:
         self._scheduler, self.rows, self.joined = scheduler, rows, False
+        self.stepping = False  # has submitted a step: past its prompt, so batches wait for it briefly
 
     def step(self, tokens: Tensor, state: KVCache) -> Tensor:
         """Backend.step(tokens, state), run by the worker in a batch with whatever else is waiting."""
         return self._scheduler._step(self, tokens, state)
+
+    def prompt_read(self) -> None:
+        """Say the prompt is read: from now on batches wait briefly for this request's steps."""
+        self._scheduler._prompt_read(self)
 
     def leave(self) -> None:
         self._scheduler._leave(self)
@@ -88,6 +93,7 @@ class StepScheduler:
         self._cond = threading.Condition()
         self._joined: set[Ticket] = set()
         self._rows = 0
+        self._stepping = 0  # joined tickets that have stepped (the others are still reading their prompt)
         self._waiting: deque[Ticket] = deque()
         self._pending: list[_Pending] = []
         self._worker: threading.Thread | None = None
@@ -150,6 +156,7 @@ class StepScheduler:
             if ticket in self._joined:
                 self._joined.remove(ticket)
                 self._rows -= ticket.rows
+                self._stepping -= ticket.stepping
                 ticket.joined = False
                 self._admit_waiting()
 
@@ -159,22 +166,32 @@ class StepScheduler:
             if ticket not in self._joined:
                 raise RuntimeError("this request has left the scheduler; join again to step")
             self._pending.append(pending)
+            self._mark_stepping(ticket)
             self._cond.notify_all()
         pending.done.wait()
         if isinstance(pending.result, Exception):
             raise pending.result
         return pending.result  # type: ignore[return-value]
 
+    def _mark_stepping(self, ticket: Ticket) -> None:  # under the lock
+        if ticket.joined and not ticket.stepping:
+            ticket.stepping = True
+            self._stepping += 1
+
+    def _prompt_read(self, ticket: Ticket) -> None:
+        with self._cond:
+            self._mark_stepping(ticket)
+
     def _take(self) -> list[_Pending] | None:
         """The steps to run next, after letting joined requests still choosing their token catch up
-        (briefly); None when the worker should end."""
+        (up to gather_s; one reading its prompt is not waited for); None when the worker should end."""
         with self._cond:
             while not self._pending:
                 if not self._cond.wait(self.config.idle_s) and not self._pending and not self._joined:
                     self._worker = None
                     return None
             deadline = time.monotonic() + self.config.gather_s
-            while len(self._pending) < len(self._joined) and (left := deadline - time.monotonic()) > 0:
+            while len(self._pending) < self._stepping and (left := deadline - time.monotonic()) > 0:
                 self._cond.wait(left)
             batch, self._pending = self._pending, []
             return batch

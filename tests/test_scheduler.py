@@ -116,6 +116,8 @@ def test_joined_requests_step_as_one_batch(tiny: core.LanguageModel) -> None:
     with torch.inference_mode():
         requests = _requests(engine)[:3]
         tickets = [scheduler.join(s.batch) for _, s in requests]
+        for t in tickets:
+            t.prompt_read()  # not waited for before this
         assert scheduler.rows == 4
         results: list[torch.Tensor | None] = [None] * 3
 
