@@ -43,7 +43,7 @@ class Busy(RuntimeError):
 class SchedulerConfig:
     max_rows: int = 32       # rows (generations, or side-by-side columns) stepping together at most
     max_waiting: int = 32    # requests waiting for room at most; the next one gets Busy at once
-    wait_s: float = 30.0     # longest wait for room before Busy
+    wait_s: float = 10.0     # longest wait for room before Busy
     gather_s: float = 0.004  # how long a step waits for joined requests still choosing their token
     idle_s: float = 5.0      # the worker thread ends after this long with nothing joined
 
