@@ -39,6 +39,7 @@ class Crowd:
     rss_before: int
     rss_peak: int
     mean_rows: float            # rows per batched step (the scheduler's count over this crowd)
+    cpu_s: float                # CPU time this process used meanwhile (all threads): robust to a shared machine
 
     def aggregate(self, tokens: int) -> float:
         return (self.sessions - len(self.errors)) * tokens / self.wall_s
@@ -52,20 +53,25 @@ def generate_ids(lm: core.LanguageModel, seed: int, tokens: int, batched: bool) 
     return [s.token_id for s in core.generate(lm, PROMPT, _config(seed), tokens, stop_at_eos=False, batched=batched)]
 
 
-def alone(lm: core.LanguageModel, seeds: list[int], tokens: int) -> tuple[dict[int, list[int]], list[float]]:
-    """Each seed's text and tok/s, one after the other, not batched."""
+def alone(lm: core.LanguageModel, seeds: list[int], tokens: int
+          ) -> tuple[dict[int, list[int]], list[float], float]:
+    """Each seed's text and tok/s, one after the other, not batched; and CPU ms per token."""
     texts, speeds = {}, []
+    proc = psutil.Process()
+    cpu0 = proc.cpu_times()
     for seed in seeds:
         t0 = time.perf_counter()
         texts[seed] = generate_ids(lm, seed, tokens, batched=False)
         speeds.append(tokens / (time.perf_counter() - t0))
-    return texts, speeds
+    cpu1 = proc.cpu_times()
+    return texts, speeds, 1000 * ((cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)) / (tokens * len(seeds))
 
 
 def crowd(lm: core.LanguageModel, seeds: list[int], tokens: int, batched: bool,
           reference: dict[int, list[int]]) -> Crowd:
     proc = psutil.Process()
     rss_before = proc.memory_info().rss
+    cpu0 = proc.cpu_times()
     peak = [rss_before]
     done = threading.Event()
 
@@ -96,6 +102,7 @@ def crowd(lm: core.LanguageModel, seeds: list[int], tokens: int, batched: bool,
     for t in threads:
         t.join()
     wall = time.perf_counter() - t0
+    cpu1 = proc.cpu_times()
     done.set()
     sampler.join()
     batches, rows = lm.scheduler.batches - b0, lm.scheduler.batched_rows - r0
@@ -103,7 +110,7 @@ def crowd(lm: core.LanguageModel, seeds: list[int], tokens: int, batched: bool,
     return Crowd(len(seeds), batched, [tokens / sec for _, sec in ok.values()], wall,
                  [f"seed {s}: {r}" for s, r in results.items() if isinstance(r, str)],
                  [s for s, (ids, _) in ok.items() if ids != reference[s]], rss_before, max(peak),
-                 rows / batches if batches else 0.0)
+                 rows / batches if batches else 0.0, (cpu1.user + cpu1.system) - (cpu0.user + cpu0.system))
 
 
 def load_average() -> str:
@@ -144,20 +151,21 @@ def main() -> None:
     print(f"{lm.name}, backend {lm.backend}; {args.tokens} tokens per session, T = 1, prompt {PROMPT!r}", flush=True)
     generate_ids(lm, 0, 3, True)  # warm: the fast backend packs its weights on the first step
     seeds = list(range(1, max(args.sessions) + 1))
-    reference, speeds = alone(lm, seeds, args.tokens)
+    reference, speeds, cpu_ms = alone(lm, seeds, args.tokens)
     one = statistics.median(speeds)
     print(f"one alone (batched=False, {len(speeds)} runs one after the other): {one:.1f} tok/s median "
-          f"[{min(speeds):.1f}-{max(speeds):.1f}]", flush=True)
+          f"[{min(speeds):.1f}-{max(speeds):.1f}]; CPU {cpu_ms:.1f} ms per token", flush=True)
     for n in args.sessions:
         for batched in (True, False) if not args.no_unbatched else (True,):
             c = crowd(lm, seeds[:n], args.tokens, batched, reference)
-            agg = c.aggregate(args.tokens)
+            agg, ms = c.aggregate(args.tokens), 1000 * c.cpu_s / (n * args.tokens)
             print(f"{n} at once, {'batched (scheduler)' if batched else 'not batched (batched=False)'}: "
                   f"{statistics.median(c.tok_s) if c.tok_s else float('nan'):.1f} tok/s per session "
                   f"(min {min(c.tok_s, default=float('nan')):.1f}), aggregate {agg:.1f} tok/s = {agg / one:.2f}x one "
-                  f"alone; {c.wall_s:.2f} s; rows per step {c.mean_rows:.1f}; RSS {c.rss_before / 2**20:.0f} -> "
-                  f"peak {c.rss_peak / 2**20:.0f} MiB; errors {len(c.errors)}; texts differing from alone "
-                  f"{len(c.differ)} (load average {load_average()})", flush=True)
+                  f"alone; CPU {ms:.1f} ms per token = {ms / cpu_ms:.2f}x alone's; {c.wall_s:.2f} s; rows per step "
+                  f"{c.mean_rows:.1f}; RSS {c.rss_before / 2**20:.0f} -> peak {c.rss_peak / 2**20:.0f} MiB; "
+                  f"errors {len(c.errors)}; texts differing from alone {len(c.differ)} "
+                  f"(load average {load_average()})", flush=True)
             for e in c.errors[:5]:
                 print(f"    {e}")
     if not args.no_ws:
