@@ -25,16 +25,20 @@ def _stream(lm: core.LanguageModel, ids: tuple[int, ...], max_new: int, past_end
     state[gv.RUN_KEY] = run
     progress, hide_bar = bridge.reading_progress()  # a long prompt: a bar while generation reads it
     last = 0.0
-    for step in core.generate(lm, ids, s.sampling, max_new, top_n=gv.TOP_N, stop_at_eos=not past_end,
-                              progress=progress):
-        if step.index == 0:
-            hide_bar()
-        run = run.add(step)
-        state[gv.RUN_KEY] = run
-        if time.monotonic() - last > REDRAW_S:
-            slot.html(gv.tokens_html(run, colour_by, streaming=True))
-            last = time.monotonic()
-    state[gv.RUN_KEY] = run.with_status("done")
+    try:
+        for step in core.generate(lm, ids, s.sampling, max_new, top_n=gv.TOP_N, stop_at_eos=not past_end,
+                                  progress=progress):
+            if step.index == 0:
+                hide_bar()
+            run = run.add(step)
+            state[gv.RUN_KEY] = run
+            if time.monotonic() - last > REDRAW_S:
+                slot.html(gv.tokens_html(run, colour_by, streaming=True))
+                last = time.monotonic()
+    except core.Busy as e:   # the shared model is full: say so (before any token), never hang
+        hide_bar()
+        run = run.busy(e.ahead)
+    state[gv.RUN_KEY] = run if run.status == "busy" else run.with_status("done")
     st.rerun()   # redraw with the buttons back in their idle state
 
 

@@ -12,7 +12,7 @@ from ui import bridge
 from ui import side_by_side_view as view
 from ui.controls import (chat_temperature_hint, continue_past_end, more_samplers, order_widgets, prompt_mode,
                          require_model, require_prompt_ids, sampler_widgets, settings, template_expander)
-from ui.format import plain_text_for_markdown, prompt_display
+from ui.format import busy_note, plain_text_for_markdown, prompt_display
 
 s = settings()
 lm = require_model(s)
@@ -134,20 +134,27 @@ def show(run: view.GenerationRun, live: bool) -> None:
 # Generation runs last, so the whole page is drawn while the columns stream into their placeholders.
 key = (s.model, ids, tuple(sp.config for sp in valid), max_new, past_end)
 run: view.GenerationRun | None = st.session_state.get("sbs_run")
+busy: core.Busy | None = None
 if start:
     run = view.GenerationRun.start(key, [sp.name for sp in valid])
     st.session_state["sbs_run"] = run
     status.caption("Generating… (reading the prompt)")
     t0 = time.perf_counter()
-    for steps in core.generate_many(lm, list(ids), [sp.config for sp in valid], max_new, seed=s.sampling.seed,
-                                    seeds=[sp.config.seed for sp in valid], stop_at_eos=not past_end):
-        run = run.add(steps, seconds=time.perf_counter() - t0)
-        st.session_state["sbs_run"] = run   # replaced every step, so a Stop keeps the tokens so far
-        status.caption(f"Generating… token {run.steps} of {max_new}")
-        show(run, live=True)
-    run = run.done()
+    try:
+        for steps in core.generate_many(lm, list(ids), [sp.config for sp in valid], max_new, seed=s.sampling.seed,
+                                        seeds=[sp.config.seed for sp in valid],
+                                        stop_at_eos=not past_end):
+            run = run.add(steps, seconds=time.perf_counter() - t0)
+            st.session_state["sbs_run"] = run   # replaced every step, so a Stop keeps the tokens so far
+            status.caption(f"Generating… token {run.steps} of {max_new}")
+            show(run, live=True)
+        run = run.done()
+    except core.Busy as e:   # the shared model is full: say so (before any token), never hang
+        busy, run = e, None
     st.session_state["sbs_run"] = run
-if run is None or run.key != key:
+if busy is not None:
+    status.warning(busy_note(busy.ahead))
+elif run is None or run.key != key:
     status.info("Click **Generate** to continue the prompt in every column at once, token by token.")
 else:
     show(run, live=False)

@@ -147,6 +147,8 @@ def press_generate(client: StreamlitSession, res: SessionResult) -> None:
     res.latency_s = run.duration_s
     if run.exceptions:
         res.error = "; ".join(run.exceptions)
+    elif busy := [t for t in run.texts if "The model is busy" in t]:
+        res.error = f"turned away: {busy[0][:120]}"
     else:
         res.tokens = generated_tokens(run.texts)
 

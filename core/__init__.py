@@ -9,7 +9,8 @@ Pure Python + PyTorch (no streamlit), usable from a notebook:
 
 `lm.model` is the plain PyTorch model (core/models.py); `lm.engine` runs it (core/backends: "torch"
 on any device and dtype, or "fast", float32 on the CPU); `lm.prefixes` keeps recent prompts' KV
-states so a prompt that extends one reads only its new tokens.
+states so a prompt that extends one reads only its new tokens; `lm.scheduler` runs concurrent
+generations' decode steps as one batch (core/scheduler.py).
 """
 from . import backends
 from .config import GPT_PRESETS, LLAMA_PRESETS, GPTConfig, LlamaConfig
@@ -18,6 +19,7 @@ from .backends import Backend, BackendUnavailable
 from .loading import (DEFAULT_MODEL, EmptyPromptError, LanguageModel, ModelUnavailableError, load_checkpoint,
                       load_model)
 from .samplers import dry_breaker_ids
+from .scheduler import Busy, SchedulerConfig, StepScheduler
 from .sampling import (ORDERS, PRESETS, RULES, STAGE_NAMES, SamplingConfig, Stage, TemperatureSweep, apply_min_p,
                        apply_temperature, apply_top_k, apply_top_p, entropy, filter_logits, make_generator,
                        moot_warnings, pipeline, probabilities, sample, temperature_sweep)
@@ -30,5 +32,5 @@ __all__ = [
     "PRESETS", "SamplingConfig", "Stage", "apply_min_p", "apply_temperature", "apply_top_k", "apply_top_p",
     "entropy", "filter_logits", "make_generator", "moot_warnings", "pipeline", "probabilities", "sample",
     "ORDERS", "RULES", "STAGE_NAMES", "TemperatureSweep", "dry_breaker_ids", "temperature_sweep",
-    "Tokenizer", "TokenizerError", "WeightsError",
+    "Tokenizer", "TokenizerError", "WeightsError", "Busy", "SchedulerConfig", "StepScheduler",
 ]

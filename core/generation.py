@@ -90,7 +90,8 @@ def _rank(logits: Tensor, token: int, top: tuple[Candidate, ...]) -> int:
 def generate_many(lm: LanguageModel, prompt: str | Sequence[int], configs: Sequence[SamplingConfig],
                   max_new_tokens: int = 40, *, seed: int | None = None, mode: str = "raw", top_n: int = 10,
                   use_cache: bool = True, stop_at_eos: bool = True, progress: ProgressCallback | None = None,
-                  seeds: Sequence[int | None] | None = None) -> Iterator[list[Step | None]]:
+                  seeds: Sequence[int | None] | None = None,
+                  batched: bool = True) -> Iterator[list[Step | None]]:
     """Several sampling settings, one prompt, advancing together; yields one list per step.
 
     Common random numbers: every column draws with the same uniform value at each step, so
@@ -102,6 +103,9 @@ def generate_many(lm: LanguageModel, prompt: str | Sequence[int], configs: Seque
     once, after the longest prefix lm.prefixes holds that gives a fresh read's very bits (so the
     same seed gives the same text whatever the store holds; progress(done, total) reports the
     read), and the request's state goes back to lm.prefixes when it ends.
+    batched: the steps go through lm.scheduler, in one batch with other threads' generations on lm
+    (each row's bits as alone; core.scheduler.Busy when it is full); False: lm.engine.step directly.
+    Closing the generator (a Stop) leaves the scheduler at once.
     """
     if not configs:
         raise ValueError("configs must hold at least one SamplingConfig")
@@ -120,6 +124,8 @@ def generate_many(lm: LanguageModel, prompt: str | Sequence[int], configs: Seque
     done = [False] * b
     state: KVCache | None = None
     whole = False  # state holds exactly seqs[0][:state.pos] (not so while a step is under way)
+    ticket = lm.scheduler.join(b) if batched and use_cache else None
+    step_fn = lm.engine.step if ticket is None else ticket.step
     try:
         with torch.inference_mode():
             if use_cache:
@@ -128,13 +134,15 @@ def generate_many(lm: LanguageModel, prompt: str | Sequence[int], configs: Seque
                     prompt_state, state = state, state.repeat_batch(b)
                     lm.prefixes.put(ids, prompt_state)
                 logits = logits.expand(b, -1)
+                if ticket is not None:
+                    ticket.prompt_read()
                 whole = b == 1
             for step in range(max_new):
                 if not use_cache:  # the tutorial's loop: re-read the whole sequence every token
                     logits = lm.model(torch.tensor(seqs, device=lm.device), last_only=True)[:, -1].float()
                 elif step:
                     whole = False
-                    logits = lm.engine.step(chosen, state)
+                    logits = step_fn(chosen, state)
                     whole = b == 1
                 # drawn every step, so greedy columns never shift the others; kept on the CPU in float64
                 # (MPS has none): sample() moves it to the device
@@ -176,6 +184,8 @@ def generate_many(lm: LanguageModel, prompt: str | Sequence[int], configs: Seque
                 if all(done):
                     return
     finally:
+        if ticket is not None:
+            ticket.leave()
         if whole and state is not None:  # done writing to it, also when the caller stops early
             lm.prefixes.put(seqs[0][:state.pos], state)
 

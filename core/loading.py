@@ -15,6 +15,7 @@ from .backends import Backend
 from .config import GPT_PRESETS, LLAMA_PRESETS, GPTConfig
 from .models import DecoderModel, KVCache
 from .prefix_cache import PrefixStore
+from .scheduler import StepScheduler
 from .tokenizer import Tokenizer, find_package_file, gpt2_tokenizer, tokenizer_from_vocab
 from .weights import (StatusCallback, WeightsError, gpt2_config_from_book, gpt2_state_from_book, gpt2_state_from_hf,
                       heads_for_width, load_checked, load_hf_gpt2_folder, random_state, read_gguf_cached, read_pth,
@@ -43,7 +44,8 @@ class EmptyPromptError(ValueError):
 @dataclass(frozen=True, eq=False)
 class LanguageModel:
     """A loaded model, its tokenizer and the backend that runs it. Holds no per-request state, so one
-    instance serves every thread and session; `prefixes` keeps recent prompts' KV states (thread-safe)."""
+    instance serves every thread and session; `prefixes` keeps recent prompts' KV states and `scheduler`
+    batches concurrent generations' steps (both thread-safe)."""
 
     name: str
     model: DecoderModel                 # the plain nn.Module (GPT-2 or Llama), the reference
@@ -51,10 +53,14 @@ class LanguageModel:
     source: str = ""
     engine: Backend = None              # type: ignore[assignment]  # None: backends.choose(model)
     prefixes: PrefixStore = field(default_factory=PrefixStore)
+    # concurrent generations' decode steps, batched on `engine`; None: a new one for this engine
+    scheduler: StepScheduler = None     # type: ignore[assignment]
 
     def __post_init__(self) -> None:
         if self.engine is None:
             object.__setattr__(self, "engine", backends.choose(self.model))
+        if self.scheduler is None or self.scheduler.engine is not self.engine:
+            object.__setattr__(self, "scheduler", StepScheduler(self.engine))
 
     @property
     def backend(self) -> str:
@@ -146,7 +152,8 @@ def place(lm: LanguageModel, device: str | torch.device = "auto", dtype: torch.d
     if status is not None:
         status(f"Preparing the model to run on {target.type.upper()}", 0.0)
     model = lm.model.to(device=target, dtype=dtype)
-    out = replace(lm, model=model, engine=backends.choose(model, backend), prefixes=PrefixStore())
+    out = replace(lm, model=model, engine=backends.choose(model, backend), prefixes=PrefixStore(),
+                  scheduler=None)
     if status is not None:
         status("Model ready", 1.0)
     return out

@@ -252,3 +252,24 @@ def test_branch_from_an_alternative_side_by_side_with_its_tree_exported_and_repl
     assert fresh.session_state["gen_run"].branches == run.branches
     assert [o for o in fresh.selectbox(key="gen_view_1").options] == ["original (6 tokens)",
                                                                      branches.label(run.steps, run.branches, 1)]
+
+
+def test_a_full_model_says_busy_with_how_many_are_ahead(at: AppTest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """core.Busy from the shared scheduler (every row taken, queue full): a warning with the count
+    ahead, buttons idle again, no traceback; the next Generate, with room, runs."""
+    import core
+
+    def full(self, rows: int = 1):
+        raise core.Busy(30, 2, "the queue is full")
+
+    with monkeypatch.context() as m:
+        m.setattr(core.StepScheduler, "join", full)
+        at.button(key="gen_generate").click().run()
+    assert not at.exception and not at.error
+    assert at.session_state["gen_run"].status == "busy"
+    assert [w.value for w in at.warning] == [
+        "The model is busy with other people's generations right now (32 requests ahead of you), so nothing "
+        "was generated. Press Generate again in a moment."]
+    assert not at.button(key="gen_generate").disabled and at.button(key="gen_stop").disabled
+    run = _generate(at)
+    assert run.status == "done" and len(run.steps) == 6

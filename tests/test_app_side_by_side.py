@@ -18,7 +18,7 @@ import core
 import ui.controls
 from ui import bridge
 from ui import side_by_side_view as view
-from ui.format import show_token, visible_text
+from ui.format import busy_note, show_token, visible_text
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
 PROMPT = "Every effort moves you"   # the sidebar's default
@@ -279,3 +279,15 @@ def test_column_editor_has_every_sampler_a_seed_and_dry_breakers(at: AppTest, ti
     assert not at.exception
     assert any(r"Column 2\: DRY sequence breakers\: unknown escape" in e.value for e in at.error)  # shown literally
     assert len(dist_x(at)) == 1
+
+
+def test_a_full_model_says_busy_in_the_status_line(at: AppTest, monkeypatch: pytest.MonkeyPatch) -> None:
+    def full(self, rows: int = 1):
+        raise core.Busy(1, 0, "no room within 30 s")
+
+    monkeypatch.setattr(core.StepScheduler, "join", full)
+    generate(at, max_tokens=5)
+    assert not at.exception and not at.error
+    assert [w.value for w in at.warning] == [busy_note(1)]
+    assert "1 request ahead of you" in busy_note(1)
+    assert at.session_state["sbs_run"] is None and not boxes(at)

@@ -45,6 +45,12 @@ def plural(n: int, word: str, words: str | None = None) -> str:
     return f"{n:,} {word if n == 1 else (words or word + 's')}"
 
 
+def busy_note(ahead: int) -> str:
+    """What a page says when core.Busy turned its generation away (the shared model is full)."""
+    return (f"The model is busy with other people's generations right now ({plural(ahead, 'request')} ahead of "
+            "you), so nothing was generated. Press Generate again in a moment.")
+
+
 # --- settings --------------------------------------------------------------------------------------
 
 def settings_label(cfg: core.SamplingConfig, *, temperature: bool = True, seed: bool = False) -> str:

@@ -23,7 +23,7 @@ import core
 from core import Candidate, SamplingConfig, Step
 from ui import branches
 from ui.branches import Branch
-from ui.format import escape_html, fmt_prob, plural, prompt_display, show_token, visible_text
+from ui.format import busy_note, escape_html, fmt_prob, plural, prompt_display, show_token, visible_text
 
 RUN_FORMAT = "sampling-lab-run"
 RUN_VERSION = 1
@@ -58,7 +58,8 @@ class Run:
     sampling: SamplingConfig        # seed included
     max_new_tokens: int
     steps: tuple[Step, ...] = ()
-    status: str = "running"         # "running", "done", "stopped" (Stop button), "interrupted" (other rerun)
+    status: str = "running"         # "running", "done", "stopped" (Stop button), "interrupted" (other rerun),
+    #                                 "busy" (core.Busy: the shared model had no room; nothing generated)
     stop_at_eos: bool = True        # False: generation went on past the end-of-text token
     eos_ids: tuple[int, ...] = ()   # the model's end-of-text token ids
     branches: tuple[Branch, ...] = ()  # explored from an alternative token (ui.branches; 0 = this run)
@@ -68,6 +69,7 @@ class Run:
     asked_mode: str | None = dataclasses.field(default=None, compare=False)  # the sidebar's mode ("chat" runs
     # as "raw" on a model without a template)
     number: int = dataclasses.field(default=0, compare=False)  # this session's runs: the inspector resets per run
+    ahead: int = dataclasses.field(default=0, compare=False)   # a "busy" run: requests ahead of it then
 
     @property
     def text(self) -> str:
@@ -90,6 +92,10 @@ class Run:
 
     def with_status(self, status: str) -> Run:
         return dataclasses.replace(self, status=status)
+
+    def busy(self, ahead: int) -> Run:
+        """This run, turned away by core.Busy with `ahead` requests ahead of it."""
+        return dataclasses.replace(self, status="busy", ahead=ahead)
 
     @property
     def end_tokens(self) -> list[int]:
@@ -359,6 +365,8 @@ def status_note(run: Run) -> tuple[str, str]:
                            "the tokens so far are kept below. Press Generate to run again.")
     if run.status == "running":
         return "info", f"Generating… {tokens} so far."
+    if run.status == "busy":
+        return "warning", busy_note(run.ahead)
     if run.finished == "eos":
         note = (f"Finished: the model wrote its end-of-text token after {tokens}, which means it considers the "
                 "text complete.")

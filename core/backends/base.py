@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import ClassVar
 
 import torch
@@ -82,3 +82,20 @@ class Backend(ABC):
     @abstractmethod
     def step(self, tokens: Tensor, state: KVCache) -> Tensor:
         """One token per state row, tokens (B,) -> logits (B, V); advances state by one position."""
+
+    # whether step_many runs several requests' rows as one batch (each row with its alone bits)
+    batches_requests: ClassVar[bool] = False
+
+    def step_many(self, requests: Sequence[tuple[Tensor, KVCache]]) -> list[Tensor | Exception]:
+        """`step` for several requests (tokens, state), each state at its own position: per request,
+        its logits or the exception its step raised (a failing request never fails the others).
+        Here one request after another, so each gets exactly what it gets alone (torch's batched
+        matmuls are not batch-invariant on every device); a backend whose rows are batch-invariant
+        runs them as one batch (the fast backend)."""
+        out: list[Tensor | Exception] = []
+        for tokens, state in requests:
+            try:
+                out.append(self.step(tokens, state))
+            except Exception as e:  # noqa: BLE001 - handed to that request's caller
+                out.append(e)
+        return out

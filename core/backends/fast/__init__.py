@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,6 +20,7 @@ from ...models import DecoderModel, GPTModel, KVCache, rope_tables
 from .. import base
 from ..base import Backend, BackendUnavailable, ProgressCallback
 from .cores import GOVERNOR, LEASE
+from .many_step import gpt_step_rows, llama_step_rows
 from .numpy_step import DecoderArrays, GPTBlockArrays, LlamaBlockArrays, RowProj, gpt_step, llama_step
 from .openblas import BLAS, packed, shared
 
@@ -134,3 +136,47 @@ class FastCPUBackend(Backend):
                 logits = llama_step(arrays, self.model.cfg, toks, pos, kv, self._cos[pos], self._sin[pos])
         state.pos = pos + 1
         return torch.from_numpy(logits)
+
+    batches_requests = True
+
+    def step_many(self, requests: Sequence[tuple[Tensor, KVCache]]) -> list[Tensor | Exception]:
+        """Every row of every request in one numpy step (rows at their own positions, each in its own
+        cache), each row with the bits it gets alone; a request that cannot step gets its exception.
+        One request alone takes `step`, its very path."""
+        out: list[Tensor | Exception | None] = [None] * len(requests)
+        ready: list[int] = []
+        for i, (tokens, state) in enumerate(requests):
+            if state.pos + 1 > min(state.max_len, self.context_length) or state.k[0].dtype != torch.float32 \
+                    or state.k[0].device.type != "cpu" or tokens.numel() != state.batch:
+                out[i] = Backend.step_many(self, [(tokens, state)])[0]  # step's own check and message
+            else:
+                ready.append(i)
+        if len(ready) == 1:
+            out[ready[0]] = Backend.step_many(self, [requests[ready[0]]])[0]
+        elif ready:
+            try:
+                for i, logits in zip(ready, self._step_rows([requests[i] for i in ready])):
+                    out[i] = logits
+            except Exception:  # noqa: BLE001 - should not happen; then each alone, so only the culprit fails
+                for i in ready:
+                    out[i] = Backend.step_many(self, [requests[i]])[0]
+        return out  # type: ignore[return-value]
+
+    def _step_rows(self, requests: Sequence[tuple[Tensor, KVCache]]) -> list[Tensor]:
+        toks = np.concatenate([t.reshape(-1).numpy() for t, _ in requests])
+        positions = np.concatenate([np.full(s.batch, s.pos, np.int64) for _, s in requests])
+        kv = [[(k[r], v[r]) for _, s in requests for k, v in [(s.k[layer].numpy(), s.v[layer].numpy())]
+               for r in range(s.batch)] for layer in range(len(self.model.blocks))]
+        arrays = self.arrays
+        with LEASE.hold(GOVERNOR.allow(id(self))):  # the scheduler's steps count as one request
+            if isinstance(self.model, GPTModel):
+                logits = gpt_step_rows(arrays, self.model.cfg, toks, positions, kv)
+            else:
+                logits = llama_step_rows(arrays, self.model.cfg, toks, positions, kv, self._cos[positions],
+                                         self._sin[positions])
+        out, start = [], 0
+        for _, state in requests:
+            state.pos += 1
+            out.append(torch.from_numpy(logits[start:start + state.batch]))
+            start += state.batch
+        return out
