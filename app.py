@@ -7,7 +7,8 @@ import streamlit as st
 
 from core.runtime import configure_threads
 from ui import bridge
-from ui.controls import render_sidebar
+from ui import link, presenter
+from ui.controls import _model_choices, render_sidebar
 
 st.set_page_config(page_title="Sampling Lab", page_icon=":material/casino:", layout="wide")
 # On every run: each rerun is a new thread, which starts from torch's process-wide thread count.
@@ -23,5 +24,9 @@ pages = [
     st.Page("app_pages/lesson.py", title="How sampling works", icon=":material/school:"),
 ]
 page = st.navigation(pages)
+link.apply_once(st.session_state, _model_choices())   # a shared link: before the widgets are drawn
 st.session_state["_settings"] = render_sidebar()
+presenter.setup(st.session_state)
+link.copy_link(st.sidebar, link.sync(st.session_state, _model_choices(), page.url_path))
+link.show_problem(st.session_state)
 page.run()
