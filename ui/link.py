@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping, MutableMapping
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlparse
 
 import streamlit as st
 
@@ -59,6 +59,8 @@ def show_problem(state: MutableMapping) -> None:
 def copy_link(where, params: Mapping[str, str]) -> None:
     """A "Copy link" popover: the full address in a code block, whose copy button puts it on the clipboard."""
     base = st.context.url or ""
+    if base and not urlparse(base).path:
+        base += "/"   # the address bar's own form of the first page
     with where.popover("Copy link", icon=":material/link:", width="stretch"):
         st.caption("This link opens the app with this page, model, prompt, settings and seed.")
         st.code(f"{base}?{urlencode(params)}" if params else base, language=None, wrap_lines=True)

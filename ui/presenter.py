@@ -33,22 +33,31 @@ KEYS = {"sample": "S", "top": "T", "undo": "U", "reset": "X", "flip": "F", "gues
 # Every mode: on a phone the plotly toolbar would sit on the legend (it shows on tap), and wide tables
 # scroll inside their own box instead of being cut.
 PAGE_CSS = """
+[data-testid="stMarkdownContainer"] table { display: block; overflow-x: auto; }
 @media (max-width: 640px) {
   .modebar-container { display: none !important; }
   [data-testid="stMainBlockContainer"] { padding-left: .75rem; padding-right: .75rem; }
   [data-testid="stSidebar"] { width: 88vw !important; min-width: 0 !important; }
 }
 """
+# Presenter mode: 24 px type; the sidebar, the header, the page's title and captions, its subheadings,
+# expanders and the chart's own controls hidden, so the main chart sits above the fold at 1024x768.
 PRESENTER_CSS = """
 html { font-size: 24px; }
 [data-testid="stSidebar"], [data-testid="stSidebarCollapsedControl"], [data-testid="stExpandSidebarButton"],
-[data-testid="stSidebarNav"] { display: none !important; }
-[data-testid="stMainBlockContainer"] { padding-top: 2.2rem; padding-bottom: 2rem; max-width: 100%; }
+header[data-testid="stHeader"] { display: none !important; }
+[data-testid="stMainBlockContainer"] { padding: .6rem 1rem 2rem 1rem; max-width: 100%; }
+[data-testid="stMainBlockContainer"] [data-testid="stElementContainer"]:has(h1),
+[data-testid="stMainBlockContainer"] [data-testid="stElementContainer"]:has(h3),
+[data-testid="stMainBlockContainer"] [data-testid="stCaptionContainer"],
+[data-testid="stMainBlockContainer"] [data-testid="stExpander"],
+.st-key-nt_top_n, .st-key-nt_log_scale,
+.st-key-nt_pick [data-testid="stWidgetLabel"] { display: none !important; }
+[data-testid="stMainBlockContainer"] button p { font-size: .8rem; }
+:is(.st-key-nt_sample, .st-key-nt_top, .st-key-nt_append, .st-key-nt_undo, .st-key-nt_reset)
+  button [data-testid="stMarkdownContainer"] { display: none; }   /* icon + key: the labels would be cut */
 [data-testid="stApp"] { color: #000; }
-[data-testid="stApp"] h1 { font-size: 1.6rem; padding: 0 0 .2rem 0; }
-[data-testid="stApp"] h3 { font-size: 1.15rem; }
-[data-testid="stCaptionContainer"] { color: #111; }
-@media (prefers-color-scheme: dark) { [data-testid="stApp"], [data-testid="stCaptionContainer"] { color: #fff; } }
+@media (prefers-color-scheme: dark) { [data-testid="stApp"] { color: #fff; } }
 """
 
 
@@ -102,16 +111,20 @@ def setup(state: MutableMapping) -> None:
 
 
 def _bar(state: MutableMapping) -> None:
-    c_out, c_flip, c_keys = st.columns([1, 1.2, 3], vertical_alignment="center")
+    c_out, c_flip, c_guess, c_now = st.columns([1.2, 1.8, 1.9, 3], vertical_alignment="center")
     c_out.button("Leave", icon=":material/close:", key="present_off", on_click=toggle, args=(state,),
                  shortcut=KEYS["present"], help="Leave presenter mode")
+    c_guess.button("Close guess" if state.get(GUESS_KEY) else "Guess", icon=":material/quiz:", key="present_guess_button",
+                   shortcut=KEYS["guess"], on_click=toggle_guess, args=(state,),
+                   help="Next-token page: the room picks one of the model's top 5, then reveal.")
     label = other_label(state)
     c_flip.button("Flip settings", icon=":material/swap_horiz:", key="present_flip", on_click=flip,
                   args=(state,), shortcut=KEYS["flip"], disabled=label is None,
                   help=("Flip to: " + label) if label else "First keep a set of settings with the sidebar's "
                        "“Keep these settings to flip to”, then change them.")
-    now = settings_label(current_settings(state).sampling)
-    c_keys.caption(f"{now}. Keys: S sample · T top choice · U undo · X reset · G guess · F flip · P leave")
+    c_now.text(settings_label(current_settings(state).sampling),
+               help="Keys: S sample · T top choice · U undo · X reset · G guess (G again closes it) · V reveal · "
+                    "F flip settings · P leave presenter mode")
 
 
 def figure(fig: go.Figure, state: Mapping) -> go.Figure:
@@ -142,18 +155,15 @@ def figure(fig: go.Figure, state: Mapping) -> go.Figure:
 
 # --- the guess round -----------------------------------------------------------------------------
 
-def start_guess(state: MutableMapping, at: tuple) -> None:
-    state[GUESS_KEY] = {"at": at, "revealed": False}
+def toggle_guess(state: MutableMapping) -> None:
+    """Callback: open a round (the Next-token page ties it to the step it is drawn at), or close it."""
+    state[GUESS_KEY] = None if state.get(GUESS_KEY) else {"at": None, "revealed": False}
     state[GUESS_PICK_KEY] = None
 
 
 def reveal(state: MutableMapping) -> None:
     if state.get(GUESS_KEY):
         state[GUESS_KEY] = {**state[GUESS_KEY], "revealed": True}
-
-
-def close_guess(state: MutableMapping) -> None:
-    state[GUESS_KEY] = None
 
 
 def guess_choices(a: view.Analysis, n: int = 5) -> list[int]:
@@ -167,21 +177,19 @@ def guess_round(state: MutableMapping, a: view.Analysis, tokenizer: core.Tokeniz
     if not on(state):
         return False
     round_ = state.get(GUESS_KEY)
+    if round_ and round_["at"] is None:
+        round_ = state[GUESS_KEY] = {**round_, "at": at}
     if not round_ or round_["at"] != at:
-        st.button("Guess the next token", icon=":material/quiz:", key="present_guess_start", shortcut=KEYS["guess"],
-                  on_click=start_guess, args=(state, at), help="The room picks one of the model's top 5; then reveal.")
+        state[GUESS_KEY] = None   # a token was appended (or the prompt changed) since: that round is over
         return False
     choices = guess_choices(a)
     with st.container(border=True):
-        st.subheader("Guess the next token: which one does the model rate highest?")
+        st.markdown("**Guess the next token: which one does the model rate highest?**")
         st.radio("The room's pick", choices, key=GUESS_PICK_KEY, horizontal=True, index=None,
                  format_func=lambda i: plain_text_for_markdown(show_token(tokenizer.token_text(i))),
                  disabled=round_["revealed"])
-        c1, c2, _ = st.columns([1, 1, 3])
-        c1.button("Reveal", icon=":material/visibility:", key="present_reveal", type="primary", on_click=reveal,
+        st.button("Reveal", icon=":material/visibility:", key="present_reveal", type="primary", on_click=reveal,
                   args=(state,), shortcut=KEYS["reveal"], disabled=round_["revealed"])
-        c2.button("Close", key="present_guess_close", on_click=close_guess, args=(state,),
-                  shortcut=KEYS["guess"])
         if round_["revealed"]:
             st.text(reveal_text(a, tokenizer, state.get(GUESS_PICK_KEY)))
             table = view.distribution_table(a, tokenizer, len(choices))
