@@ -27,6 +27,7 @@ SETTING_KEYS = ("temperature", "top_k", "top_p", "min_p", "seed", *MORE, "logit_
 OKABE_ITO = {view.RAW_COLOR: "#E69F00", view.FILTERED_COLOR: "#0072B2", "#d62728": "#D55E00",
              view.REMOVED_COLOR: "#BBBBBB"}
 CHART_FONT = 20          # px, presenter mode: every chart label >= 18 px
+CHART_HEIGHT = 420       # px at most, presenter mode: the Next-token chart ends above the fold at 1024x768
 KEYS = {"sample": "S", "top": "T", "undo": "U", "reset": "X", "flip": "F", "guess": "G", "reveal": "V",
         "present": "P"}
 
@@ -133,7 +134,8 @@ def figure(fig: go.Figure, state: Mapping) -> go.Figure:
         return fig
     fig = go.Figure(fig)   # a copy: the caller's figure may be cached
     big = dict(size=CHART_FONT)
-    fig.update_layout(font=big, legend=dict(font=big), uniformtext=dict(minsize=CHART_FONT - 2, mode="show"))
+    fig.update_layout(font=big, legend=dict(font=big), uniformtext=dict(minsize=CHART_FONT - 2, mode="show"),
+                      height=min(fig.layout.height or CHART_HEIGHT, CHART_HEIGHT))
     fig.update_xaxes(tickfont=big, title_font=big)
     fig.update_yaxes(tickfont=big, title_font=big)
     for trace in fig.data:

@@ -24,7 +24,7 @@ def open_url(page, url: str, width: int = 1400, height: int = 1000) -> None:
 
 
 def text_so_far(page) -> str:
-    return page.locator(TEXT_SO_FAR).first.inner_text()
+    return page.locator(TEXT_SO_FAR).first.inner_text().rstrip("▌")   # without the cursor mark
 
 
 def chart_bars(page) -> dict:
@@ -116,7 +116,7 @@ def test_presenter_keyboard_stepping(page, app_url):
     start = text_so_far(page)
     press(page, "s")   # sample
     after_s = text_so_far(page)
-    assert after_s.startswith(start) and len(after_s) > len(start)
+    assert after_s.startswith(start) and len(after_s) > len(start), (start, after_s)
     top_token = chart_bars(page)["y"][0].replace("␣", " ")
     press(page, "t")   # take the top choice
     assert text_so_far(page) == after_s + top_token
@@ -131,9 +131,10 @@ def test_presenter_keyboard_stepping(page, app_url):
     assert "T = 1" in page.locator("[data-testid='stText']").first.inner_text() and query(page)["t"] == "1"
 
     press(page, "g")   # the guess round: the chart (which gives the answer away) is hidden
-    options = page.locator("[data-testid='stRadio'] label")
+    page.wait_for_selector(".st-key-present_guess_pick input[type='radio']")
+    options = page.locator(".st-key-present_guess_pick input[type='radio']")
     assert options.count() == 5 and page.locator("[data-testid='stPlotlyChart']").count() <= 1
-    options.nth(1).click()
+    options.nth(1).click(force=True)   # the input sits under its styled label
     wait_idle(page)
     press(page, "v")
     reveal = page.locator("[data-testid='stText']").filter(has_text="The room picked").inner_text()
