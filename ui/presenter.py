@@ -27,10 +27,13 @@ SETTING_KEYS = ("temperature", "top_k", "top_p", "min_p", "seed", *MORE, "logit_
 OKABE_ITO = {view.RAW_COLOR: "#E69F00", view.FILTERED_COLOR: "#0072B2", "#d62728": "#D55E00",
              view.REMOVED_COLOR: "#BBBBBB"}
 CHART_FONT = 20          # px, presenter mode: every chart label >= 18 px
-CHART_HEIGHT = 420       # px at most, presenter mode: the Next-token chart ends above the fold at 1024x768
+CHART_HEIGHT = 500       # px at most, presenter mode (the Next-token chart's 10 rows need ~480 for 20 px labels)
 KEYS = {"sample": "S", "top": "T", "undo": "U", "reset": "X", "flip": "F", "guess": "G", "reveal": "V",
         "present": "P"}
 
+# The Next-token buttons' labels: where space is short they show their icon and key only.
+NT_BUTTON_LABELS = (":is(.st-key-nt_sample, .st-key-nt_top, .st-key-nt_append, .st-key-nt_undo, .st-key-nt_reset) "
+                    'button [data-testid="stMarkdownContainer"]')
 # Every mode: on a phone the plotly toolbar would sit on the legend (it shows on tap), and wide tables
 # scroll inside their own box instead of being cut.
 PAGE_CSS = """
@@ -39,8 +42,16 @@ PAGE_CSS = """
   .modebar-container { display: none !important; }
   [data-testid="stMainBlockContainer"] { padding-left: .75rem; padding-right: .75rem; }
   [data-testid="stSidebar"] { width: 88vw !important; min-width: 0 !important; }
+  /* Next token's buttons: one row of icons (+ key) with the token picker below, not six stacked rows */
+  [data-testid="stHorizontalBlock"]:has(> [data-testid="stColumn"] .st-key-nt_sample) {
+    flex-direction: row !important; flex-wrap: wrap !important; gap: .5rem !important; }
+  [data-testid="stHorizontalBlock"]:has(> [data-testid="stColumn"] .st-key-nt_sample) > [data-testid="stColumn"] {
+    flex: 1 1 3rem !important; min-width: 3rem !important; width: auto !important; }
+  [data-testid="stHorizontalBlock"]:has(> [data-testid="stColumn"] .st-key-nt_sample)
+    > [data-testid="stColumn"]:has(.st-key-nt_pick) { flex-basis: 100% !important; order: 9; }
+  NT_BUTTON_LABELS { display: none; }
 }
-"""
+""".replace("NT_BUTTON_LABELS", NT_BUTTON_LABELS)
 # Presenter mode: 24 px type; the sidebar, the header, the page's title and captions, its subheadings,
 # expanders and the chart's own controls hidden, so the main chart sits above the fold at 1024x768.
 PRESENTER_CSS = """
@@ -55,11 +66,12 @@ header[data-testid="stHeader"] { display: none !important; }
 .st-key-nt_top_n, .st-key-nt_log_scale,
 .st-key-nt_pick [data-testid="stWidgetLabel"] { display: none !important; }
 [data-testid="stMainBlockContainer"] button p { font-size: .8rem; }
-:is(.st-key-nt_sample, .st-key-nt_top, .st-key-nt_append, .st-key-nt_undo, .st-key-nt_reset)
-  button [data-testid="stMarkdownContainer"] { display: none; }   /* icon + key: the labels would be cut */
+[data-testid="stMainBlockContainer"] [data-testid="stVerticalBlock"] { gap: .5rem; }   /* rem = 24 px here */
+.modebar-container { display: none !important; }
+NT_BUTTON_LABELS { display: none; }   /* icon + key: the labels would be cut */
 [data-testid="stApp"] { color: #000; }
 @media (prefers-color-scheme: dark) { [data-testid="stApp"] { color: #fff; } }
-"""
+""".replace("NT_BUTTON_LABELS", NT_BUTTON_LABELS)
 
 
 def on(state: Mapping) -> bool:
@@ -112,7 +124,7 @@ def setup(state: MutableMapping) -> None:
 
 
 def _bar(state: MutableMapping) -> None:
-    c_out, c_flip, c_guess, c_now = st.columns([1.2, 1.8, 1.9, 3], vertical_alignment="center")
+    c_out, c_flip, c_guess, c_now = st.columns([1.5, 1.8, 1.9, 2.6], vertical_alignment="center")
     c_out.button("Leave", icon=":material/close:", key="present_off", on_click=toggle, args=(state,),
                  shortcut=KEYS["present"], help="Leave presenter mode")
     c_guess.button("Close guess" if state.get(GUESS_KEY) else "Guess", icon=":material/quiz:", key="present_guess_button",
@@ -133,7 +145,9 @@ def figure(fig: go.Figure, state: Mapping) -> go.Figure:
     if not on(state):
         return fig
     fig = go.Figure(fig)   # a copy: the caller's figure may be cached
-    big = dict(size=CHART_FONT)
+    # Full contrast: black on the light theme, white on the dark one (Streamlit's chart theme greys labels).
+    ink = "#ffffff" if getattr(st.context.theme, "type", None) == "dark" else "#000000"
+    big = dict(size=CHART_FONT, color=ink)
     fig.update_layout(font=big, legend=dict(font=big), uniformtext=dict(minsize=CHART_FONT - 2, mode="show"),
                       height=min(fig.layout.height or CHART_HEIGHT, CHART_HEIGHT))
     fig.update_xaxes(tickfont=big, title_font=big)
@@ -141,7 +155,7 @@ def figure(fig: go.Figure, state: Mapping) -> go.Figure:
     for trace in fig.data:
         if getattr(trace, "textfont", None) is not None:
             trace.textfont.size = CHART_FONT - 2
-            trace.textfont.color = None   # the theme's text colour: full contrast
+            trace.textfont.color = ink
         marker = getattr(trace, "marker", None)
         if marker is not None and marker.color is not None:
             c = marker.color

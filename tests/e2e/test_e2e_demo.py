@@ -162,7 +162,12 @@ def test_phone_layout(browser, app_url, path):
     assert layout["legends"] and max(layout["legends"]) <= 390
     assert max(layout["tables"], default=0) <= 390
     name = "next_token" if path == "/" else "generate"
-    page.screenshot(path=f"{SHOTS}/e2e_phone_{name}.png", full_page=True)
+    page.screenshot(path=f"{SHOTS}/e2e_phone_{name}_top.png")
+    page.locator(CHART).first.scroll_into_view_if_needed()   # the app scrolls inside its own container
+    page.screenshot(path=f"{SHOTS}/e2e_phone_{name}_chart.png")
+    if path == "/":
+        page.locator("[data-testid='stDataFrame']").first.scroll_into_view_if_needed()
+        page.screenshot(path=f"{SHOTS}/e2e_phone_{name}_table.png")
     ctx.close()
 
 
