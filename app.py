@@ -10,7 +10,9 @@ from ui import bridge
 from ui import link, presenter
 from ui.controls import _model_choices, render_sidebar
 
-st.set_page_config(page_title="Sampling Lab", page_icon=":material/casino:", layout="wide")
+# An emoji icon becomes a data: URL; for a :material/ icon Streamlit 1.67's frontend fetches an SVG from
+# fonts.gstatic.com (test_e2e_generate.py, which forbids outside requests, caught it once share links were on).
+st.set_page_config(page_title="Sampling Lab", page_icon="🎲", layout="wide")
 # On every run: each rerun is a new thread, which starts from torch's process-wide thread count.
 # One thread: bench/RESULTS.md (the fast backend's decode steps take the second core through its own
 # policy, core/backends/fast/cores.py).

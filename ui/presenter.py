@@ -1,7 +1,7 @@
 """Presenter mode (large type, no sidebar, high contrast, a colour-blind-safe palette, keyboard keys),
 flipping between two sets of settings, the "guess the next token" round, and the page styles that apply
-in every mode (phone layout). Keyboard keys are Streamlit's own `st.button(shortcut=...)`; Streamlit
-ignores them while the focus is in a text field."""
+in every mode (phone layout). Keyboard keys are Streamlit's own `st.button(shortcut=...)` (1.67); in the
+browser test a key pressed while a slider had the focus did not reach them, so the test blurs first."""
 from __future__ import annotations
 
 from collections.abc import Mapping, MutableMapping
@@ -109,7 +109,9 @@ def setup(state: MutableMapping) -> None:
     """Every page, after the sidebar: the styles, the sidebar's presenter section, and in presenter mode
     the bar at the top of the page (the way out, the flip, the keys)."""
     # In the sidebar: a style applies wherever it sits, and the page's own elements keep their order.
-    st.sidebar.html(f"<style>{PAGE_CSS}{PRESENTER_CSS if on(state) else ''}</style>")
+    # An open guess round hides the token picker too: its labels give the probabilities away.
+    guessing = ".st-key-nt_pick { visibility: hidden; }" if state.get(GUESS_KEY) else ""
+    st.sidebar.html(f"<style>{PAGE_CSS}{PRESENTER_CSS + guessing if on(state) else ''}</style>")
     sb = st.sidebar
     sb.header("Present")
     sb.button("Presenter mode", icon=":material/co_present:", key="present_on", on_click=toggle, args=(state,),
