@@ -211,8 +211,10 @@ def guess_round(state: MutableMapping, a: view.Analysis, tokenizer: core.Tokeniz
         if round_["revealed"]:
             st.text(reveal_text(a, tokenizer, state.get(GUESS_PICK_KEY)))
             table = view.distribution_table(a, tokenizer, len(choices))
-            st.plotly_chart(figure(view.distribution_figure(table, view.rest_of(a, len(choices)), a.cfg), state),
-                            width="stretch", key="present_guess_chart")
+            fig = figure(view.distribution_figure(table, view.rest_of(a, len(choices)), a.cfg), state)
+            # Rows tall enough for 20 px labels: a squeezed axis drops every other token's name.
+            st.plotly_chart(fig.update_layout(height=160 + 50 * (len(choices) + 1)), width="stretch",
+                            key="present_guess_chart")
     return True
 
 
