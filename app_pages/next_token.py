@@ -92,7 +92,7 @@ c_undo.button("Undo", icon=":material/undo:", key="nt_undo", width="stretch", di
 c_reset.button("Reset", icon=":material/restart_alt:", key="nt_reset", width="stretch", disabled=not picks,
                on_click=view.reset, args=(state,), shortcut=presenter.KEYS["reset"])
 
-if picks:
+if picks and not presenter.on(state):   # presenter mode: the chart comes first
     last = picks[-1]
     icon = ":material/edit:" if last.kind == "chosen" else (":material/trophy:" if last.rank == 1 else ":material/casino:")
     # The message holds model text: escaped so Markdown shows it literally.
