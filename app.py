@@ -8,10 +8,13 @@ import streamlit as st
 from core.engines import EngineError
 from core.runtime import configure_threads
 from ui import bridge
-from ui.controls import render_sidebar
+from ui import link, presenter
+from ui.controls import model_choices, render_sidebar
 from ui.model_view import engine_failure_message
 
-st.set_page_config(page_title="Sampling Lab", page_icon=":material/casino:", layout="wide")
+# An emoji icon becomes a data: URL; for a :material/ icon Streamlit 1.67's frontend fetches an SVG from
+# fonts.gstatic.com (test_e2e_generate.py, which forbids outside requests, caught it once share links were on).
+st.set_page_config(page_title="Sampling Lab", page_icon="🎲", layout="wide")
 # On every run: each rerun is a new thread, which starts from torch's process-wide thread count.
 # One thread: bench/RESULTS.md (the fast backend's decode steps take the second core through its own
 # policy, core/backends/fast/cores.py).
@@ -26,7 +29,11 @@ pages = [
     st.Page("app_pages/lesson.py", title="How sampling works", icon=":material/school:"),
 ]
 page = st.navigation(pages)
+link.apply_once(st.session_state, model_choices())   # a shared link: before the widgets are drawn
 st.session_state["_settings"] = render_sidebar()
+presenter.setup(st.session_state)
+link.copy_link(st.sidebar, link.sync(st.session_state, model_choices(), page.url_path))
+link.show_problem(st.session_state)
 try:
     page.run()
 except EngineError as e:  # an inference server failed mid-page: say so; session state (prompt, tokens so far) stays

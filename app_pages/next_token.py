@@ -3,7 +3,7 @@ import functools
 
 import streamlit as st
 
-from ui import bridge
+from ui import bridge, link, presenter
 from ui import next_token_view as view
 from ui.controls import (LOAD_ERRORS, bias_problem, current_settings, prompt_mode, require_model, require_prompt_ids,
                          settings, template_expander)
@@ -30,6 +30,8 @@ def _act(kind: str) -> None:
                               bridge.dry_breakers_for(s.model, s.sampling))
     if kind == "sample":
         view.on_sample(st.session_state, a, lm.tokenizer)
+    elif kind == "top":
+        view.on_choose(st.session_state, a, lm.tokenizer, token_id=int(a.top(1)[0]))
     else:
         view.on_choose(st.session_state, a, lm.tokenizer, widget_key="nt_pick")
 
@@ -44,6 +46,7 @@ prompt_ids = require_prompt_ids(s, lm)
 tok = lm.tokenizer
 state = st.session_state
 context = (s.model, s.prompt, s.mode)
+link.replay_pending(state, context, prompt_ids, lm, s)   # a shared link's appended tokens, once
 # Cached on (model, ids): a slider move redraws from these logits without running the model.
 a = view.current_analysis(state, context, prompt_ids, functools.partial(bridge.prompt_logits, s.model),
                           s.sampling, bridge.dry_breakers_for(s.model, s.sampling))
@@ -70,11 +73,13 @@ if (aside := view.set_aside(state)) is not None:
         c3.button("Leave them aside", key="nt_dismiss", on_click=view.dismiss_set_aside, args=(state,))
 
 # Buttons change the continuation, so they rerun the whole page (outside the fragment below).
-c_sample, c_pick, c_append, c_undo, c_reset = st.columns([1.3, 3, 1, 1, 1], vertical_alignment="bottom")
+c_sample, c_top, c_pick, c_append, c_undo, c_reset = st.columns([1.3, 1.3, 3, 1, 1, 1], vertical_alignment="bottom")
 c_sample.button("Sample", icon=":material/casino:", key="nt_sample", type="primary", width="stretch",
-                on_click=_act, args=("sample",),
+                on_click=_act, args=("sample",), shortcut=presenter.KEYS["sample"],
                 help="Draw the next token from the distribution after your settings. Seeded with the "
                      "sidebar seed + the number of tokens appended, so the same settings give the same text.")
+c_top.button("Top choice", icon=":material/trophy:", key="nt_top", width="stretch", on_click=_act, args=("top",),
+             shortcut=presenter.KEYS["top"], help="Append the model's most likely token (what greedy decoding takes).")
 top = a.top(min(PICK_OPTIONS, lm.engine.top_n or PICK_OPTIONS)).tolist()
 # Labels from the raw distribution only, so they stay put while the sampling sliders move; a top-N
 # engine's own probabilities (its reported share times the mass it reported), never rescaled to 100%.
@@ -85,11 +90,11 @@ c_append.button("Append", icon=":material/add:", key="nt_append", width="stretch
                 args=("choose",))
 picks = view.steps(state)
 c_undo.button("Undo", icon=":material/undo:", key="nt_undo", width="stretch", disabled=not picks,
-              on_click=view.undo, args=(state,))
+              on_click=view.undo, args=(state,), shortcut=presenter.KEYS["undo"])
 c_reset.button("Reset", icon=":material/restart_alt:", key="nt_reset", width="stretch", disabled=not picks,
-               on_click=view.reset, args=(state,))
+               on_click=view.reset, args=(state,), shortcut=presenter.KEYS["reset"])
 
-if picks:
+if picks and not presenter.on(state):   # presenter mode: the chart comes first
     last = picks[-1]
     icon = ":material/edit:" if last.kind == "chosen" else (":material/trophy:" if last.rank == 1 else ":material/casino:")
     # The message holds model text: escaped so Markdown shows it literally.
@@ -114,7 +119,8 @@ def distribution(a: view.Analysis) -> None:
             n = min(n, reported)
             st.info(view.top_n_note(reported, unreported), icon=":material/info:")
         table = view.engine_probabilities(view.distribution_table(a, tok, n), unreported)
-        st.plotly_chart(view.distribution_figure(table, view.rest_of(a, n), a.cfg, log_scale, unreported),
+        st.plotly_chart(presenter.figure(view.distribution_figure(table, view.rest_of(a, n), a.cfg, log_scale,
+                                                         unreported), state),
                         width="stretch", key="nt_chart")
     with right:
         st.subheader("The pipeline, top to bottom")
@@ -148,11 +154,13 @@ def distribution(a: view.Analysis) -> None:
                        on_click="ignore")
 
 
-distribution(a)
+if not presenter.guess_round(state, a, tok, (context, len(picks))):   # an open round hides the answer
+    distribution(a)
 
 
 st.subheader("Temperature sweep")
 sweep = bridge.temperature_sweep(s.model, ids, s.sampling, view.sweep_temperatures(s.sampling.temperature),
                                  tuple(a.request.items()))
-st.plotly_chart(view.sweep_figure(sweep, s.sampling.temperature), width="stretch", key="nt_sweep")
+st.plotly_chart(presenter.figure(view.sweep_figure(sweep, s.sampling.temperature), state), width="stretch",
+                key="nt_sweep")
 st.caption(view.sweep_caption(sweep, s.sampling.temperature))

@@ -48,7 +48,7 @@ class Settings:
     error: str | None = None  # a sampler setting core refused (then `sampling` holds the basic four only)
 
 
-def _model_choices() -> dict[str, str]:
+def model_choices() -> dict[str, str]:
     """The sidebar's models: all of MODELS locally, only the listed ones on a public server."""
     try:
         public = public_choices(os.environ)
@@ -80,7 +80,7 @@ def current_settings(state: Mapping | None = None) -> Settings:
     a sidebar edit acts on the new values, not on those of the previous run.
     """
     state = st.session_state if state is None else state
-    choices = _model_choices()
+    choices = model_choices()
     label = state.get("model_label", next(iter(choices)))
     source: str | None = choices.get(label)
     name = label
@@ -206,15 +206,15 @@ def render_sidebar() -> Settings:
     """Draw the sidebar on every page (explicit keys keep values across page switches)."""
     sb = st.sidebar
     sb.header("Model")
-    label = sb.selectbox("Model", list(_model_choices()), key="model_label")
-    if _model_choices()[label] == "local":
+    label = sb.selectbox("Model", list(model_choices()), key="model_label")
+    if model_choices()[label] == "local":
         sb.text_input("Checkpoint path", key="ckpt_path",
                       help="A Hugging Face GPT-2 folder, a .safetensors file or the book's model.pth")
         sb.file_uploader("…or upload .pth / .safetensors", type=["pth", "pt", "safetensors"], key="ckpt_upload")
         _, _, upload_error = _local_checkpoint(st.session_state)
         if upload_error:
             sb.error(plain_text_for_markdown(upload_error))   # names the user's file: shown literally
-    elif _model_choices()[label] == "server":
+    elif model_choices()[label] == "server":
         _server_fields(sb)
     sb.radio("Prompt mode", ["raw", "chat"], key="prompt_mode", horizontal=True,
              format_func={"raw": "Raw text", "chat": "Chat (instruct template)"}.get,
@@ -361,7 +361,7 @@ LOAD_ERRORS = (core.ModelUnavailableError, core.WeightsError, core.TokenizerErro
 def load_model(s: Settings, quiet: bool = False) -> tuple[core.LanguageModel | None, str | None]:
     """(model, None), or (None, what went wrong in plain words): loaded once per process by the bridge.
     quiet: no progress shown while it loads (the sidebar's connection check)."""
-    if s.model not in (None, *_model_choices().values()) and _model_choices().get(s.model_label) not in (
+    if s.model not in (None, *model_choices().values()) and model_choices().get(s.model_label) not in (
             "local", "server"):
         return None, "That model is not offered on this server."  # a public server's list is the whole list
     if s.model is None:
