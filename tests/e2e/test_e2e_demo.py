@@ -12,6 +12,7 @@ from conftest import wait_idle
 
 CHART = "[data-testid='stPlotlyChart'] .js-plotly-plot"
 TEXT_SO_FAR = "[data-testid='stHtml']"
+GENERATED_TOKENS = "[data-testid='stMain'] .sl-tok"   # the Generate page's clickable tokens (ui/token_picker.py)
 SHOTS = "/tmp/shots"
 
 
@@ -53,6 +54,18 @@ def cool(page, steps: int) -> None:
     wait_idle(page)
 
 
+def luminance(css: str) -> float:
+    """WCAG relative luminance of a CSS rgb()/rgba() colour."""
+    r, g, b = (float(v) / 255 for v in re.findall(r"[\d.]+", css)[:3])
+    lin = [v / 12.92 if v <= 0.03928 else ((v + 0.055) / 1.055) ** 2.4 for v in (r, g, b)]
+    return 0.2126 * lin[0] + 0.7152 * lin[1] + 0.0722 * lin[2]
+
+
+def contrast(a: str, b: str) -> float:
+    la, lb = luminance(a), luminance(b)
+    return (max(la, lb) + 0.05) / (min(la, lb) + 0.05)
+
+
 def query(page) -> dict[str, str]:
     return {k: v[-1] for k, v in parse_qs(urlparse(page.url).query).items()}
 
@@ -66,6 +79,7 @@ def test_link_round_trip_in_a_fresh_context(browser, app_url):
         page.get_by_role("button", name="Sample").click()
         wait_idle(page)
     page.wait_for_function("() => new URLSearchParams(location.search).get('a')?.split('.').length === 3")
+    wait_idle(page)   # the address is written before the page draws: let the run finish
     params = query(page)
     assert params["t"] == "0.8" and params["m"] == "smollm2" and params["seed"] == "123"
     link, text, bars = page.url, text_so_far(page), chart_bars(page)
@@ -180,17 +194,14 @@ def test_dark_theme(browser, app_url):
     page = ctx.new_page()
     page.goto(app_url + "/generate?n=12&run=1")
     wait_idle(page, 180_000)
-    page.wait_for_selector("[data-testid='stHtml'] span[title]", timeout=180_000)
+    page.wait_for_selector(GENERATED_TOKENS, timeout=180_000)
     wait_idle(page)
-    colours = page.evaluate("""() => {
-        const lum = c => { const [r, g, b] = c.match(/[\\d.]+/g).slice(0, 3).map(v => { v /= 255;
-            return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; }); return 0.2126 * r + 0.7152 * g + 0.0722 * b; };
-        const ratio = (a, b) => (Math.max(lum(a), lum(b)) + 0.05) / (Math.min(lum(a), lum(b)) + 0.05);
-        const app = getComputedStyle(document.querySelector("[data-testid='stApp']"));
-        const tokens = [...document.querySelectorAll("[data-testid='stHtml'] span[title]")].map(s => {
-            const st = getComputedStyle(s); return ratio(st.color, st.backgroundColor); });
-        return {background: lum(app.backgroundColor), text: ratio(app.color, app.backgroundColor), tokens};
-    }""")
+    # the tokens live in a component's shadow root: Playwright's locator reaches them, querySelector does not
+    pairs = page.locator(GENERATED_TOKENS).evaluate_all(
+        "els => els.map(s => { const st = getComputedStyle(s); return [st.color, st.backgroundColor]; })")
+    app = page.locator("[data-testid='stApp']").evaluate(
+        "a => { const st = getComputedStyle(a); return [st.color, st.backgroundColor]; }")
+    colours = {"background": luminance(app[1]), "text": contrast(*app), "tokens": [contrast(*p) for p in pairs]}
     assert colours["background"] < 0.05, "the viewer prefers dark: the app is dark"
     assert colours["text"] >= 7
     assert colours["tokens"] and min(colours["tokens"]) >= 4.5, colours["tokens"]
