@@ -96,3 +96,14 @@ def test_public_limit_can_be_raised_and_local_use_has_none(slow_load, monkeypatc
     for source in "abcd":
         bridge.get_model(source, lambda job: None)
     assert bridge._loads_now == 0
+
+
+def test_a_malformed_load_limit_is_a_message_not_a_crash(slow_load, monkeypatch) -> None:
+    _, calls = slow_load
+    monkeypatch.setenv("SAMPLING_LAB_PUBLIC", "1")
+    monkeypatch.setenv("SAMPLING_LAB_MAX_LOADS", "many")
+    monkeypatch.setenv(bridge.PRELOAD_ENV, "1")
+    bridge.preload("smollm2")  # app.py's every run: quiet
+    with pytest.raises(ValueError, match="SAMPLING_LAB_MAX_LOADS: 'many' is not a whole number"):
+        bridge.get_model("smollm2")  # a page: ValueError is one of LOAD_ERRORS, shown as a message
+    assert calls == []

@@ -122,8 +122,8 @@ def preload(source: str = core.DEFAULT_MODEL) -> None:
     if os.environ.get(PRELOAD_ENV, "1").strip() != "0":
         try:
             loading(source)
-        except BusyLoadingError:  # a visitor's load runs: the default model loads when a page asks for it
-            pass
+        except (BusyLoadingError, ValueError):  # a visitor's load runs, or $SAMPLING_LAB_MAX_LOADS is
+            pass                                # malformed: the page that asks for the model says so
 
 
 @st.cache_data(show_spinner=False, max_entries=512)

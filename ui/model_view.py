@@ -19,7 +19,6 @@ PUBLIC_BUILTIN = {"SmolLM2-135M-Instruct (bundled)": "smollm2", "SmolLM2 on llam
 LOCAL_CHOICE = "Local checkpoint…"
 
 
-
 class BusyLoadingError(RuntimeError):
     """A shared server is already loading as many models as it allows at once; the visitor tries again."""
 
