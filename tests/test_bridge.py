@@ -8,6 +8,7 @@ import streamlit as st
 
 import core
 from ui import bridge
+from ui.model_view import BusyLoadingError
 
 
 @pytest.fixture
@@ -63,3 +64,46 @@ def test_a_failed_load_raises_and_is_tried_again(slow_load) -> None:
         with pytest.raises(core.ModelUnavailableError, match="no such model"):
             bridge.get_model("missing")
     assert calls == ["missing", "missing"]
+
+
+def test_public_server_loads_one_model_at_a_time(slow_load, monkeypatch) -> None:
+    release, calls = slow_load
+    monkeypatch.setenv("SAMPLING_LAB_PUBLIC", "1")
+    monkeypatch.delenv("SAMPLING_LAB_MAX_LOADS", raising=False)
+    first = bridge.loading("smollm2")              # a load in progress (waits for `release`)
+    with pytest.raises(BusyLoadingError, match="1 load in progress, at most 1 at once"):
+        bridge.get_model("llamacpp:smollm2")       # a second model would start a second load: refused
+    assert calls == ["smollm2"]                    # nothing started for it
+    assert bridge.loading("smollm2") is first      # the same model: the one load, shared
+    bridge.preload("llamacpp:smollm2")             # the app's preload is quiet about a busy server
+    release.set()
+    bridge.get_model("smollm2", lambda job: None)  # the first load ends and frees its slot...
+    assert bridge.get_model("llamacpp:smollm2").name.startswith("gpt2-tiny")  # ...so the next one loads
+    assert calls == ["smollm2", "llamacpp:smollm2"]
+
+
+def test_public_limit_can_be_raised_and_local_use_has_none(slow_load, monkeypatch) -> None:
+    release, calls = slow_load
+    monkeypatch.setenv("SAMPLING_LAB_PUBLIC", "1")
+    monkeypatch.setenv("SAMPLING_LAB_MAX_LOADS", "2")
+    bridge.loading("a"), bridge.loading("b")
+    with pytest.raises(BusyLoadingError, match="2 loads in progress, at most 2"):
+        bridge.loading("c")
+    monkeypatch.delenv("SAMPLING_LAB_PUBLIC")   # local use: every load starts
+    bridge.loading("c"), bridge.loading("d")
+    assert calls == ["a", "b", "c", "d"]
+    release.set()
+    for source in "abcd":
+        bridge.get_model(source, lambda job: None)
+    assert bridge._loads_now == 0
+
+
+def test_a_malformed_load_limit_is_a_message_not_a_crash(slow_load, monkeypatch) -> None:
+    _, calls = slow_load
+    monkeypatch.setenv("SAMPLING_LAB_PUBLIC", "1")
+    monkeypatch.setenv("SAMPLING_LAB_MAX_LOADS", "many")
+    monkeypatch.setenv(bridge.PRELOAD_ENV, "1")
+    bridge.preload("smollm2")  # app.py's every run: quiet
+    with pytest.raises(ValueError, match="SAMPLING_LAB_MAX_LOADS: 'many' is not a whole number"):
+        bridge.get_model("smollm2")  # a page: ValueError is one of LOAD_ERRORS, shown as a message
+    assert calls == []

@@ -19,6 +19,7 @@ import streamlit as st
 import torch
 
 import core
+from ui.model_view import BusyLoadingError, load_limit
 
 UPLOAD_DIR = Path(tempfile.gettempdir()) / "sampling-lab-uploads"
 
@@ -26,6 +27,30 @@ UPLOAD_DIR = Path(tempfile.gettempdir()) / "sampling-lab-uploads"
 SERVED_SEP = "|"  # "URL|served model name": a '|' cannot be part of a URL the client accepts
 PRELOAD_ENV = "SAMPLING_LAB_PRELOAD"  # "0": no model loads before a page asks for one (the tests set it)
 POLL_S = 0.1
+# Models cached per process. Locally any choice can be one of them; on a public server the sidebar's list
+# (ui.model_view.public_choices) is the whole set, and of it only the bundled SmolLM2 (in this process) and
+# its llama.cpp engine hold weights: an inference server holds none here.
+MAX_MODELS = 3
+
+_loads_lock = threading.Lock()
+_loads_now = 0  # loads in progress in this process (bounded on a public server: load_limit)
+
+
+def _start_load() -> None:
+    """Count a load that is starting; BusyLoadingError where a public server's limit is reached."""
+    global _loads_now
+    limit = load_limit(os.environ)
+    with _loads_lock:
+        if limit is not None and _loads_now >= limit:
+            raise BusyLoadingError(f"{_loads_now} load{'s' if _loads_now > 1 else ''} in progress, "
+                                   f"at most {limit} at once")
+        _loads_now += 1
+
+
+def _load_finished() -> None:
+    global _loads_now
+    with _loads_lock:
+        _loads_now -= 1
 
 
 @dataclass(eq=False)
@@ -48,15 +73,21 @@ class Loading:
     def run(self) -> None:
         source, _, served = self.source.partition(SERVED_SEP)
         try:
-            self.future.set_result(core.load_model(source, progress=self.downloaded, status=self.status,
-                                                   model=served or None))
+            lm = core.load_model(source, progress=self.downloaded, status=self.status, model=served or None)
         except BaseException as e:  # the waiting script re-raises it (LOAD_ERRORS become a message)
+            _load_finished()  # before a waiter wakes: it may start the next load at once
             self.future.set_exception(e)
+        else:
+            _load_finished()
+            self.future.set_result(lm)
 
 
-@st.cache_resource(show_spinner=False, max_entries=3)
+@st.cache_resource(show_spinner=False, max_entries=MAX_MODELS)
 def loading(source: str) -> Loading:
-    """source's load, started once per process on a daemon thread (a cache hit returns it at once)."""
+    """source's load, started once per process on a daemon thread (a cache hit returns it at once).
+    On a public server at most load_limit loads run at once: beyond it BusyLoadingError, nothing started
+    (and nothing cached: the next call tries again)."""
+    _start_load()
     job = Loading(source)
     threading.Thread(target=job.run, name=f"sampling-lab load {source}", daemon=True).start()
     return job
@@ -89,7 +120,10 @@ def forget_model(source: str) -> None:
 def preload(source: str = core.DEFAULT_MODEL) -> None:
     """Start loading the default model (returns at once), unless $SAMPLING_LAB_PRELOAD is "0"."""
     if os.environ.get(PRELOAD_ENV, "1").strip() != "0":
-        loading(source)
+        try:
+            loading(source)
+        except (BusyLoadingError, ValueError):  # a visitor's load runs, or $SAMPLING_LAB_MAX_LOADS is
+            pass                                # malformed: the page that asks for the model says so
 
 
 @st.cache_data(show_spinner=False, max_entries=512)

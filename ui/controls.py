@@ -14,7 +14,7 @@ from core.engines import EngineError
 from core.engines.llamacpp import LlamaCppServerError
 from ui import bridge
 from ui.format import plain_text_for_markdown
-from ui.model_view import HUB_MODELS, PUBLIC_BUILTIN, load_error_message, public_choices
+from ui.model_view import HUB_MODELS, PUBLIC_BUILTIN, BusyLoadingError, load_error_message, public_choices
 
 MODELS: dict[str, str] = {
     "SmolLM2-135M-Instruct (bundled)": "smollm2",
@@ -355,7 +355,7 @@ def loading_message(s: Settings) -> str:
 
 
 LOAD_ERRORS = (core.ModelUnavailableError, core.WeightsError, core.TokenizerError, FileNotFoundError, ValueError,
-               EngineError, LlamaCppServerError)
+               EngineError, LlamaCppServerError, BusyLoadingError)
 
 
 def load_model(s: Settings, quiet: bool = False) -> tuple[core.LanguageModel | None, str | None]:

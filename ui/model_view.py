@@ -14,8 +14,14 @@ from ui.format import plain_text_for_markdown
 HUB_MODELS = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
 PUBLIC_ENV = "SAMPLING_LAB_PUBLIC"     # "1": a shared server (see public_choices)
 ENGINES_ENV = "SAMPLING_LAB_ENGINES"   # "Name=http://host:port/v1, Other=https://..." : engines visitors may use
+LOADS_ENV = "SAMPLING_LAB_MAX_LOADS"   # public mode: models one process may load at the same time (default 1)
 PUBLIC_BUILTIN = {"SmolLM2-135M-Instruct (bundled)": "smollm2", "SmolLM2 on llama.cpp (4-bit, fast)": "llamacpp:smollm2"}
 LOCAL_CHOICE = "Local checkpoint…"
+
+
+class BusyLoadingError(RuntimeError):
+    """A shared server is already loading as many models as it allows at once; the visitor tries again."""
+
 
 # (what core says, what the user reads after "Could not load NAME: "); "it" is the user's file.
 _PLAIN = (
@@ -36,6 +42,9 @@ def load_error_message(error: Exception, source: str, shown_name: str, model_lab
     source is what core was asked to load; shown_name is how the user knows it: the uploaded file's
     name, the path they typed, or the sidebar label.
     """
+    if isinstance(error, BusyLoadingError):
+        return (f"{shown_name} is not loaded yet, and this shared server is busy loading another model ({error}). "
+                "Try again in a moment: your prompt and settings are kept.")
     if isinstance(error, core.ModelUnavailableError) and source in HUB_MODELS:
         return (f"{model_label} downloads its weights from the Hugging Face Hub, which cannot be reached from "
                 f"here. If you have its config.json and model.safetensors, choose “{LOCAL_CHOICE}” in the Model "
@@ -84,3 +93,15 @@ def public_choices(environ: Mapping[str, str]) -> dict[str, str] | None:
     if not is_public(environ):
         return None
     return {**PUBLIC_BUILTIN, **configured_engines(environ)}
+
+
+def load_limit(environ: Mapping[str, str]) -> int | None:
+    """How many models one process may load at the same time: no bound locally; on a public server
+    $SAMPLING_LAB_MAX_LOADS (default 1), so a crowd choosing different models cannot start every load
+    (each reads weights or starts an engine) at once. ValueError naming a value that is not a count >= 1."""
+    if not is_public(environ):
+        return None
+    text = environ.get(LOADS_ENV, "").strip() or "1"
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(f"{LOADS_ENV}: {text!r} is not a whole number of at least 1")
+    return int(text)
