@@ -107,3 +107,14 @@ def test_a_page_while_another_model_loads(monkeypatch, public: bool) -> None:
         release.set()
         held.future.result(60)  # no loading thread left running at exit
         st.cache_resource.clear()
+
+
+def test_a_malformed_engine_list_is_said_once_and_the_built_in_models_stay(monkeypatch) -> None:
+    app = sidebar(monkeypatch, public=True)
+    monkeypatch.setenv("SAMPLING_LAB_ENGINES", "Big=/etc/passwd")
+    app.run()
+    assert not app.exception
+    errors = [e.value for e in app.sidebar.error]
+    assert len(errors) == 1 and "not Name=http" in errors[0]   # once, though the choices are read five times a run
+    assert app.selectbox(key="model_label").options == ["SmolLM2-135M-Instruct (bundled)",
+                                                        "SmolLM2 on llama.cpp (4-bit, fast)"]

@@ -48,13 +48,17 @@ class Settings:
     error: str | None = None  # a sampler setting core refused (then `sampling` holds the basic four only)
 
 
+def _public_choices() -> tuple[dict[str, str] | None, str | None]:
+    """(public_choices, None), or the built-in models and why the operator's engine list was refused."""
+    try:
+        return public_choices(os.environ), None
+    except ValueError as e:  # a malformed engine list: render_sidebar says so once, the built-in models stay
+        return dict(PUBLIC_BUILTIN), str(e)
+
+
 def model_choices() -> dict[str, str]:
     """The sidebar's models: all of MODELS locally, only the listed ones on a public server."""
-    try:
-        public = public_choices(os.environ)
-    except ValueError as e:  # the operator's engine list is malformed: say so, offer the built-in models
-        st.sidebar.error(plain_text_for_markdown(str(e)))
-        public = dict(PUBLIC_BUILTIN)
+    public, _ = _public_choices()
     models = MODELS if public is None else public
     if TEST_MODEL:
         return {f"Test model ({TEST_MODEL})": TEST_MODEL, **models}
@@ -206,6 +210,8 @@ def render_sidebar() -> Settings:
     """Draw the sidebar on every page (explicit keys keep values across page switches)."""
     sb = st.sidebar
     sb.header("Model")
+    if (problem := _public_choices()[1]) is not None:
+        sb.error(plain_text_for_markdown(problem))
     label = sb.selectbox("Model", list(model_choices()), key="model_label")
     if model_choices()[label] == "local":
         sb.text_input("Checkpoint path", key="ckpt_path",
